@@ -1,0 +1,1 @@
+"""avseg.models"""

@@ -1,0 +1,46 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+version = {}
+exec((ROOT / "avseg" / "version.py").read_text(), version)
+
+setup(
+    name="avseg",
+    version=version["__version__"],
+    description="Audio-visual segmentation toolkit: ECMVAE, the AVSBench TPAVI baseline, exact AVSBench metrics, VAE baselines",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["avseg", "avseg.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "timm>=1.0",
+        "opencv-python-headless>=4.8",
+        "librosa>=0.10",
+        "soundfile>=0.12",
+        "av>=12",
+        "einops>=0.7",
+        "pycocotools>=2.0.7",
+        "omegaconf>=2.3",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "tensorboard>=2.14",
+        "matplotlib>=3.7",
+        "numpy>=1.24",
+        "Pillow>=9",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "scikit-learn>=1.3", "scikit-image>=0.21"],
+    },
+    entry_points={
+        "console_scripts": [
+            "avseg-train=avseg.cli.train:entry",
+            "avseg-eval=avseg.cli.eval:entry",
+            "avseg-demo=avseg.cli.demo:entry",
+        ]
+    },
+)

@@ -1,0 +1,74 @@
+"""Test harness: offline by construction, small, deterministic.
+
+* ``HF_HUB_OFFLINE=1`` is set before anything imports timm or huggingface_hub.
+* Any socket connection or name lookup to a host other than this machine fails the test
+  (loopback stays allowed for the torch.distributed tests).
+"""
+import ipaddress
+import os
+import socket
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+_LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "", None}
+
+
+class NetworkAccessError(RuntimeError):
+    """Raised when a test tries to reach the network."""
+
+
+def _is_local(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    host = address[0] if address else None
+    if host in _LOCAL_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _guarded_connect(self, address):
+    if not _is_local(address):
+        raise NetworkAccessError(f"test tried to open a network connection to {address!r}")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    if not _is_local(address):
+        raise NetworkAccessError(f"test tried to open a network connection to {address!r}")
+    return _real_connect_ex(self, address)
+
+
+def _guarded_getaddrinfo(host, *args, **kwargs):
+    if host not in _LOCAL_NAMES and host != socket.gethostname():
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                raise NetworkAccessError(f"test tried to resolve {host!r}")
+        except ValueError:
+            raise NetworkAccessError(f"test tried to resolve {host!r}") from None
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect = _guarded_connect
+socket.socket.connect_ex = _guarded_connect_ex
+socket.getaddrinfo = _guarded_getaddrinfo
+
+
+@pytest.fixture(autouse=True)
+def _small_torch():
+    """Two threads and a fixed seed for every test."""
+    import torch
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    yield
