@@ -31,11 +31,21 @@ CONFIG_DIR = REPO_ROOT / "configs"
 # ----------------------------------------------------------------------------- data
 @dataclass
 class VaeDataConfig:
-    """Image datasets for the autoencoder/VAE baselines (``data.name`` fashion_mnist|celeba|digits|lfw)."""
+    """Image datasets for the autoencoder/VAE baselines (``data.name`` fashion_mnist|celeba|digits|lfw).
+
+    ``data.root``: Fashion-MNIST IDX folder (e.g. /usr/share/datasets/fashion-mnist) or CelebA folder.
+    ``pad_to``: Fashion-MNIST/digits side after zero padding (28 -> 32 in the book). ``image_size``:
+    CelebA/lfw side after the squash resize. ``binarize``: none | dynamic (Bernoulli draw per access in
+    training, one fixed draw seeded by ``binarize_seed`` otherwise) | threshold (> 0.5).
+    ``attributes_file``: CelebA list_attr_celeba.txt/.csv when not beside the images.
+    ``val_fraction`` > 0 holds out the last part of the training images as split ``val``
+    (digits/lfw: a seeded shuffle, 0.2 when 0). ``max_images`` > 0 keeps the first N of a split.
+    """
 
     pad_to: int = 32
     image_size: int = 64
     binarize: str = "none"
+    binarize_seed: int = 0
     attributes_file: Optional[str] = None
     val_fraction: float = 0.0
     max_images: int = 0
@@ -43,7 +53,12 @@ class VaeDataConfig:
 
 @dataclass
 class DataConfig:
-    """Dataset selection. ``root`` is the folder that holds the dataset (AVSBench: ``Single-source/``)."""
+    """Dataset selection. ``root`` is the folder that holds the dataset (AVSBench: ``Single-source/``).
+
+    ``layout`` v1|semantic; ``audio_source`` pkl|wav|auto; ``resampler`` soxr|resampy; ``feature_cache``
+    folder for log-mels computed from wavs (null: ``~/.cache/avseg/log_mel``, ``off``: none);
+    ``hflip_prob``/``scale_crop``: clip-consistent training augmentation (off at evaluation).
+    """
 
     name: str = "avsbench"
     root: str = "datasets/avsbench"
@@ -64,10 +79,15 @@ class DataConfig:
 # ----------------------------------------------------------------------------- model
 @dataclass
 class BackboneConfig:
-    """Visual backbone: resnet18 | resnet50 | pvt_v2_b0 | pvt_v2_b5; ``weights`` is a local file or null."""
+    """Visual backbone: resnet18 | resnet50 | pvt_v2_b0 | pvt_v2_b5; ``weights`` is a local file or null.
+
+    ``weights`` accepts torchvision/timm ResNet files and the original PVTv2 release layout (see
+    docs/models.md). ``drop_path_rate`` null means the papers' value (0.1 for pvt_v2_b5, else 0).
+    """
 
     name: str = "resnet18"
     weights: Optional[str] = None
+    drop_path_rate: Optional[float] = None
 
 
 @dataclass
@@ -87,11 +107,15 @@ class EcmvaeConfig:
 
     latent_dim: int = 16
     mi_dim: int = 6
+    encoder_channels: int = 16
     kl_weight: float = 0.01
     diff_weight: float = 0.001
     mi_weight: float = 0.001
     posterior_seg_weight: float = 1.0
     shared_divergence: str = "js_released"
+    js_samples: int = 8
+    kl_form: str = "analytic"
+    mi_form: str = "released"
     latent_path: bool = True
     shared_only: bool = False
     sample_at_test: bool = False
@@ -100,13 +124,27 @@ class EcmvaeConfig:
 
 @dataclass
 class VaeModelConfig:
-    """Image autoencoder/VAE settings (``model.name`` conv_ae | fashion_vae | faces_vae)."""
+    """Image autoencoder/VAE settings (``model.name`` conv_ae | fashion_vae | faces_vae); see docs/vae.md.
+
+    ``loss``: book (``beta`` x per-element-mean reconstruction + summed KL) | elbo (summed negative
+    log-likelihood + ``kl_weight`` x KL). ``recon``: bce (Bernoulli) | mse (Gaussian; under ``elbo``
+    with variance ``gaussian_variance``). ``num_features``/``num_blocks``/``negative_slope``: the faces
+    VAE's filters per conv, conv blocks and LeakyReLU slope (Keras default 0.3). The evaluator computes
+    the importance-weighted NLL bound with ``iwae_samples`` samples on the first ``iwae_images``
+    evaluation images (0: not at all; each image costs ``iwae_samples`` decoder passes).
+    """
 
     latent_dim: int = 2
     loss: str = "book"
     recon: str = "bce"
     beta: float = 500.0
     kl_weight: float = 1.0
+    gaussian_variance: float = 1.0
+    num_features: int = 64
+    num_blocks: int = 5
+    negative_slope: float = 0.3
+    iwae_samples: int = 5000
+    iwae_images: int = 0
 
 
 @dataclass
@@ -128,16 +166,27 @@ class ModelConfig:
 # ----------------------------------------------------------------------------- engine
 @dataclass
 class TrainConfig:
-    """Optimisation and checkpointing."""
+    """Optimisation, validation, checkpointing and logging (see docs/training.md).
+
+    ``batch_size`` is per process (per GPU under torchrun). ``optimizer``: adam | adamw | sgd (over the
+    trainable parameters only; ``momentum`` for sgd). ``lr_schedule``: none | step (x ``lr_gamma`` every
+    ``lr_step`` epochs) | cosine (down to ``min_lr``), after ``warmup_epochs`` of linear warm-up.
+    ``grad_clip`` > 0 clips the global gradient norm. ``amp``: auto | off | bf16 | fp16 (CUDA only).
+    ``val_every`` epochs (0: never); ``max_steps_per_epoch`` > 0 caps an epoch for quick runs.
+    ``init_from``: an avseg checkpoint loaded non-strictly before training (e.g. MS3 from S4).
+    ``find_unused_parameters`` and ``sync_bn`` only matter under DDP.
+    """
 
     epochs: int = 15
     batch_size: int = 4
     optimizer: str = "adam"
     lr: float = 1.0e-4
     weight_decay: float = 0.0
+    momentum: float = 0.9
     lr_schedule: str = "none"
     lr_step: int = 10
     lr_gamma: float = 0.1
+    min_lr: float = 0.0
     warmup_epochs: int = 0
     grad_clip: float = 0.0
     amp: str = "auto"
@@ -145,15 +194,26 @@ class TrainConfig:
     log_every: int = 10
     max_steps_per_epoch: int = 0
     init_from: Optional[str] = None
+    find_unused_parameters: bool = False
+    sync_bn: bool = False
+    tensorboard: bool = True
+    progress: bool = True
 
 
 @dataclass
 class EvalConfig:
-    """Evaluation. ``batch_size`` is in clips: the official metrics take the F maximum per batch of 4."""
+    """Evaluation (see docs/evaluation.md).
+
+    ``batch_size`` is in clips: the official metrics take the F maximum per batch of 4 clips, so it fixes
+    how the official numbers group the frames. ``audio``: normal | shuffle (each clip gets another clip's
+    log-mel, a derangement drawn from ``shuffle_seed``) | silent (the log-mel of silence). ``num_vis``
+    clips go into the qualitative grid PNG.
+    """
 
     split: str = "test"
     batch_size: int = 4
     audio: str = "normal"
+    shuffle_seed: int = 0
     save_masks: bool = False
     save_rle: bool = False
     num_vis: int = 4

@@ -72,3 +72,22 @@ def _small_torch():
     torch.set_num_threads(2)
     torch.manual_seed(0)
     yield
+
+
+def _make_synthetic_fixture(tmp_path_factory, task: str):
+    from avseg.data.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp(f"synthetic_{task}")
+    return make_synthetic(root, task=task, size=64, seed=0, split_sizes=(4, 2, 2), write_videos=False)
+
+
+@pytest.fixture(scope="session")
+def synthetic_s4_root(tmp_path_factory):
+    """Root (holds ``Single-source/``) of a tiny synthetic S4 in the official v1 layout: 64 px, 4/2/2 clips, no raw mp4s."""
+    return _make_synthetic_fixture(tmp_path_factory, "s4")
+
+
+@pytest.fixture(scope="session")
+def synthetic_ms3_root(tmp_path_factory):
+    """Root (holds ``Multi-sources/``) of a tiny synthetic MS3 in the official v1 layout: 64 px, 4/2/2 clips, no raw mp4s."""
+    return _make_synthetic_fixture(tmp_path_factory, "ms3")

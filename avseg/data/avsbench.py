@@ -1,0 +1,415 @@
+"""AVSBench datasets: S4 and MS3 in the AVSBench-object v1 layout, and the AVSBench-semantic layout.
+
+v1 layout (``root`` is the folder that holds ``Single-source/`` and ``Multi-sources/``, like the
+official ``avsbench_data/``)::
+
+    Single-source/s4_meta_data.csv                       name, start_time, category, split
+    Single-source/s4_data/visual_frames/<split>/<category>/<name>/<name>_<k>.png     k = 1..5
+    Single-source/s4_data/gt_masks/<split>/<category>/<name>/<name>_<k>.png          train: k = 1 only
+    Single-source/s4_data/audio_wav/<split>/<category>/<name>.wav
+    Single-source/s4_data/audio_log_mel/<split>/<category>/<name>.pkl                [5, 1, 96, 64]
+    Single-source/s4_data/raw_videos/<split>/<category>/<name>.mp4                   (prepare input)
+    Multi-sources/ms3_meta_data.csv                      video_id, split
+    Multi-sources/ms3_data/visual_frames/<name>/<name>.mp4_<k>.png                    no split folder
+    Multi-sources/ms3_data/gt_masks/<split>/<name>/<name>_<k>.png                     all 5 frames
+    Multi-sources/ms3_data/audio_wav/<split>/<name>.wav
+    Multi-sources/ms3_data/audio_log_mel/<split>/<name>.pkl
+    Multi-sources/ms3_data/raw_videos/<name>.mp4
+
+Semantic layout (``root`` holds ``metadata.csv`` with columns ``uid``, ``label`` ∈ {v1s, v1m, v2} and
+``split``)::
+
+    <label>/<uid>/frames/<k>.jpg          k = 0..4 (v2: 0..9)
+    <label>/<uid>/labels_rgb/<k>.png      colour-coded classes; foreground = any non-black pixel
+    <label>/<uid>/audio.wav
+
+Items are dicts: ``frames`` [T, 3, H, W] (ImageNet-normalised), ``log_mel`` [T, 1, 96, 64], ``masks``
+[T, 1, H, W] in {0, 1}, ``mask_valid`` [T] bool, ``video_id`` str, ``category`` str.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from avseg.audio.io import load_log_mel
+from avseg.audio.vggish_input import pad_examples
+from avseg.data.safe_pickle import load_tensor_pickle
+from avseg.errors import AvsegError, DatasetError
+from avseg.fileio import atomic_torch_save
+
+PathLike = Union[str, os.PathLike]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LAYOUTS = ("v1", "semantic")
+AUDIO_SOURCES = ("auto", "pkl", "wav")
+V1_TASKS = ("s4", "ms3")
+SEMANTIC_SETS = {"s4": "v1s", "ms3": "v1m", "v1s": "v1s", "v1m": "v1m", "v2": "v2"}
+SEMANTIC_FRAMES = {"v1s": 5, "v1m": 5, "v2": 10}
+V1_FRAMES = 5
+FEATURE_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class V1TaskLayout:
+    """Folder and file names of one v1 task."""
+
+    task_dir: str
+    csv_name: str
+    data_dir: str
+    pattern: str  # human-readable summary for error messages
+
+
+V1_LAYOUT: Dict[str, V1TaskLayout] = {
+    "s4": V1TaskLayout(
+        "Single-source",
+        "s4_meta_data.csv",
+        "s4_data",
+        "Single-source/s4_data/{visual_frames,gt_masks}/<split>/<category>/<name>/<name>_<k>.png, "
+        "audio_wav|audio_log_mel/<split>/<category>/<name>.wav|.pkl",
+    ),
+    "ms3": V1TaskLayout(
+        "Multi-sources",
+        "ms3_meta_data.csv",
+        "ms3_data",
+        "Multi-sources/ms3_data/visual_frames/<name>/<name>.mp4_<k>.png, gt_masks/<split>/<name>/<name>_<k>.png, "
+        "audio_wav|audio_log_mel/<split>/<name>.wav|.pkl",
+    ),
+}
+SEMANTIC_PATTERN = "<root>/metadata.csv (uid, label, split); <label>/<uid>/frames/<k>.jpg, labels_rgb/<k>.png, audio.wav"
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    """One clip: where its files are and which frames are annotated.
+
+    ``masks[k]`` is None for a frame without ground truth (S4/v1s train frames 2..5).
+    ``log_mel`` is None in the semantic layout; ``raw_video`` is where ``prepare_avsbench`` reads.
+    """
+
+    video_id: str
+    split: str
+    category: str
+    frames: Tuple[Path, ...]
+    masks: Tuple[Optional[Path], ...]
+    wav: Path
+    log_mel: Optional[Path]
+    raw_video: Optional[Path]
+    layout_hint: str
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+    @property
+    def mask_valid(self) -> Tuple[bool, ...]:
+        return tuple(path is not None for path in self.masks)
+
+
+# ----------------------------------------------------------------------------- paths
+def v1_task_root(root: PathLike, task: str) -> Path:
+    """``<root>/Single-source`` or ``<root>/Multi-sources``."""
+    return Path(root) / V1_LAYOUT[_check_v1_task(task)].task_dir
+
+
+def v1_csv_path(root: PathLike, task: str) -> Path:
+    return v1_task_root(root, task) / V1_LAYOUT[task].csv_name
+
+
+def v1_clip_record(root: PathLike, task: str, name: str, split: str, category: str = "", num_frames: int = V1_FRAMES) -> ClipRecord:
+    """Paths of one clip in the v1 layout (S4: only frame 1 annotated in train; MS3: all frames)."""
+    layout = V1_LAYOUT[_check_v1_task(task)]
+    data = v1_task_root(root, task) / layout.data_dir
+    ks = range(1, num_frames + 1)
+    if task == "s4":
+        frames = tuple(data / "visual_frames" / split / category / name / f"{name}_{k}.png" for k in ks)
+        masks = tuple(data / "gt_masks" / split / category / name / f"{name}_{k}.png" for k in ks)
+        wav = data / "audio_wav" / split / category / f"{name}.wav"
+        log_mel = data / "audio_log_mel" / split / category / f"{name}.pkl"
+        raw_video = data / "raw_videos" / split / category / f"{name}.mp4"
+        if split == "train":
+            masks = masks[:1] + (None,) * (num_frames - 1)
+    else:
+        frames = tuple(data / "visual_frames" / name / f"{name}.mp4_{k}.png" for k in ks)
+        masks = tuple(data / "gt_masks" / split / name / f"{name}_{k}.png" for k in ks)
+        wav = data / "audio_wav" / split / f"{name}.wav"
+        log_mel = data / "audio_log_mel" / split / f"{name}.pkl"
+        raw_video = data / "raw_videos" / f"{name}.mp4"
+    return ClipRecord(name, split, category, frames, masks, wav, log_mel, raw_video, f"{task.upper()} v1 layout: {layout.pattern}")
+
+
+def semantic_clip_record(root: PathLike, label_set: str, uid: str, split: str, category: str = "") -> ClipRecord:
+    """Paths of one clip in the semantic layout (v1s train: only frame 0 used for supervision)."""
+    num_frames = SEMANTIC_FRAMES[label_set]
+    clip_dir = Path(root) / label_set / uid
+    frames = tuple(clip_dir / "frames" / f"{k}.jpg" for k in range(num_frames))
+    masks: Tuple[Optional[Path], ...] = tuple(clip_dir / "labels_rgb" / f"{k}.png" for k in range(num_frames))
+    if label_set == "v1s" and split == "train":
+        masks = masks[:1] + (None,) * (num_frames - 1)
+    raw_video = Path(root) / "raw_videos" / f"{uid}.mp4"
+    return ClipRecord(uid, split, category, frames, masks, clip_dir / "audio.wav", None, raw_video, f"semantic layout: {SEMANTIC_PATTERN}")
+
+
+def _check_v1_task(task: str) -> str:
+    if task not in V1_LAYOUT:
+        raise DatasetError(f"unknown AVSBench v1 task '{task}' (expected one of {V1_TASKS})")
+    return task
+
+
+# ----------------------------------------------------------------------------- index files
+def _read_csv(path: Path, layout_hint: str) -> Tuple[List[str], List[List[str]]]:
+    if not path.is_file():
+        raise DatasetError(f"metadata file not found: {path} (expected {layout_hint})")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = [[cell.strip() for cell in row] for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{path}: cannot be read as CSV ({exc})") from None
+    if not rows:
+        raise DatasetError(f"{path}: empty CSV (expected a header row and one row per clip)")
+    return rows[0], rows[1:]
+
+
+def _column(header: List[str], name: str, position: Optional[int], path: Path) -> int:
+    if name in header:
+        return header.index(name)
+    if position is not None and position < len(header):
+        return position
+    raise DatasetError(f"{path}: no '{name}' column (header is {header})")
+
+
+def read_v1_index(root: PathLike, task: str) -> List[ClipRecord]:
+    """All clips listed in the task's meta CSV, in file order.
+
+    Column 0 is the video name (read by position, as the official loaders do); ``split`` and, for S4,
+    ``category`` are read by name, falling back to the official positions (S4: 3 and 2; MS3: 1).
+    """
+    path = v1_csv_path(root, task)
+    header, rows = _read_csv(path, f"{task.upper()} v1 layout: {V1_LAYOUT[task].pattern}")
+    split_col = _column(header, "split", 3 if task == "s4" else 1, path)
+    category_col = _column(header, "category", 2, path) if task == "s4" else None
+    width = max(split_col, category_col or 0) + 1
+    records = []
+    for line, row in enumerate(rows, start=2):
+        if len(row) < width or not row[0]:
+            raise DatasetError(f"{path}, line {line}: expected at least {width} columns with a video name, got {row}")
+        category = row[category_col] if category_col is not None else ""
+        records.append(v1_clip_record(root, task, row[0], row[split_col], category))
+    return records
+
+
+def read_semantic_index(root: PathLike, label_sets: Optional[Sequence[str]] = None) -> List[ClipRecord]:
+    """Clips of ``metadata.csv`` (columns ``uid``, ``label``, ``split`` by name) in the given sets."""
+    path = Path(root) / "metadata.csv"
+    header, rows = _read_csv(path, SEMANTIC_PATTERN)
+    uid_col, label_col, split_col = (_column(header, name, None, path) for name in ("uid", "label", "split"))
+    category_col = header.index("a_obj") if "a_obj" in header else None
+    records = []
+    for line, row in enumerate(rows, start=2):
+        if len(row) <= max(uid_col, label_col, split_col):
+            raise DatasetError(f"{path}, line {line}: too few columns for header {header}: {row}")
+        label_set = row[label_col]
+        if label_set not in SEMANTIC_FRAMES:
+            raise DatasetError(f"{path}, line {line}: label '{label_set}' is not one of {tuple(SEMANTIC_FRAMES)}")
+        if label_sets is not None and label_set not in label_sets:
+            continue
+        category = row[category_col] if category_col is not None and category_col < len(row) else ""
+        records.append(semantic_clip_record(root, label_set, row[uid_col], row[split_col], category))
+    return records
+
+
+# ----------------------------------------------------------------------------- decoding
+def read_frame(path: Path, size: Optional[Tuple[int, int]] = None, layout_hint: str = "") -> np.ndarray:
+    """An RGB frame as uint8 ``[H, W, 3]``, resized (bilinear) to ``size = (H, W)`` when it differs."""
+    image = _open_image(path, "frame", layout_hint).convert("RGB")
+    if size is not None and image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(image)
+
+
+def mask_foreground(image: Image.Image) -> np.ndarray:
+    """Binary foreground ``[H, W]`` of a mask image: palette index, grey value or any RGB channel ``> 0``."""
+    if image.mode in ("RGB", "RGBA", "LA", "PA"):
+        channels = {"RGB": 3, "RGBA": 3, "LA": 1, "PA": 1}[image.mode]
+        return (np.asarray(image)[..., :channels] > 0).any(axis=-1)
+    return np.asarray(image) > 0
+
+
+def read_mask(path: Path, size: Optional[Tuple[int, int]] = None, layout_hint: str = "") -> np.ndarray:
+    """A ground-truth mask as bool ``[H, W]`` (binarised ``> 0``), resized (nearest) to ``size = (H, W)``."""
+    image = _open_image(path, "mask", layout_hint)
+    foreground = mask_foreground(image)
+    if size is not None and foreground.shape != tuple(size):
+        resized = Image.fromarray(foreground.astype(np.uint8) * 255).resize((size[1], size[0]), Image.NEAREST)
+        foreground = np.asarray(resized) > 0
+    return foreground
+
+
+def _open_image(path: Path, kind: str, layout_hint: str) -> Image.Image:
+    if not path.is_file():
+        raise DatasetError(f"missing {kind}: {path}" + (f" (expected {layout_hint})" if layout_hint else ""))
+    try:
+        image = Image.open(path)
+        image.load()
+    except Exception as exc:  # PIL raises several types for truncated/corrupt files
+        raise DatasetError(f"{path}: cannot decode {kind} image ({type(exc).__name__}: {exc})") from None
+    return image
+
+
+def normalize_frames(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``[T, H, W, 3]`` → ImageNet-normalised float ``[T, 3, H, W]``."""
+    tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (tensor - mean) / std
+
+
+def default_feature_cache() -> Path:
+    """``$AVSEG_CACHE/log_mel`` or ``~/.cache/avseg/log_mel``."""
+    base = os.environ.get("AVSEG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "avseg")
+    return Path(base) / "log_mel"
+
+
+class LogMelSource:
+    """Log-mel examples ``[T, 1, 96, 64]`` of a clip from its ``.pkl`` or computed from its wav (cached)."""
+
+    def __init__(self, audio_source: str = "auto", resampler: str = "soxr", feature_cache: Optional[PathLike] = None):
+        if audio_source not in AUDIO_SOURCES:
+            raise DatasetError(f"data.audio_source must be one of {AUDIO_SOURCES}, got '{audio_source}'")
+        self.audio_source = audio_source
+        self.resampler = resampler
+        if feature_cache is None:
+            self.cache_dir: Optional[Path] = default_feature_cache()
+        elif str(feature_cache).lower() in ("off", "none", ""):
+            self.cache_dir = None
+        else:
+            self.cache_dir = Path(feature_cache)
+
+    def __call__(self, record: ClipRecord) -> torch.Tensor:
+        num = record.num_frames
+        use_pkl = self.audio_source == "pkl" or (self.audio_source == "auto" and record.log_mel is not None and record.log_mel.is_file())
+        if use_pkl:
+            if record.log_mel is None:
+                raise DatasetError(f"clip {record.video_id}: audio_source 'pkl' needs .pkl log-mels, which the {record.layout_hint} does not have; use 'wav' or 'auto'")
+            if not record.log_mel.is_file():
+                raise DatasetError(f"missing log-mel: {record.log_mel} (expected {record.layout_hint}); use audio_source 'wav' or 'auto' to compute it from the wav")
+            examples = load_tensor_pickle(record.log_mel).float()
+            if examples.dim() == 3:
+                examples = examples.unsqueeze(1)
+            if examples.dim() != 4 or tuple(examples.shape[1:]) != (1, 96, 64) or examples.shape[0] == 0:
+                raise DatasetError(f"{record.log_mel}: log-mel of shape {tuple(examples.shape)}, expected [N, 1, 96, 64]")
+        else:
+            examples = self._from_wav(record.wav, num, record.layout_hint)
+        return pad_examples(examples, num)[:num]
+
+    def _cache_path(self, wav: Path, num: int) -> Optional[Path]:
+        if self.cache_dir is None:
+            return None
+        stat = wav.stat()
+        key = f"{wav.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.resampler}|{num}|{FEATURE_CACHE_VERSION}"
+        return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.pt"
+
+    def _from_wav(self, wav: Path, num: int, layout_hint: str) -> torch.Tensor:
+        if not wav.is_file():
+            raise DatasetError(f"missing audio: {wav} (expected {layout_hint})")
+        cache = self._cache_path(wav, num)
+        if cache is not None and cache.is_file():
+            try:
+                return torch.load(cache, map_location="cpu", weights_only=True)
+            except Exception:
+                cache.unlink(missing_ok=True)
+        try:
+            examples = load_log_mel(wav, num_examples=num, resampler=self.resampler)
+        except AvsegError as exc:
+            raise DatasetError(str(exc)) from None
+        if cache is not None:
+            try:
+                atomic_torch_save(examples, cache)
+            except OSError:
+                pass  # a read-only cache folder only costs recomputation
+        return examples
+
+
+# ----------------------------------------------------------------------------- dataset
+class AVSBenchDataset(Dataset):
+    """AVSBench S4 / MS3 clips (v1 or semantic layout) as dicts of tensors.
+
+    Args:
+        root: v1: the folder holding ``Single-source/`` and ``Multi-sources/``; semantic: the folder with
+            ``metadata.csv``.
+        task: ``s4`` or ``ms3``; in the semantic layout also ``v1s``/``v1m`` (same as s4/ms3) or ``v2``.
+        split: ``train``, ``val`` or ``test`` (any value of the CSV's split column).
+        layout: ``v1`` or ``semantic``.
+        image_size: output frame size (int or ``(H, W)``); frames are resized bilinearly, masks nearest.
+        audio_source: ``pkl`` (official log-mels), ``wav`` (computed, cached) or ``auto`` (pkl when present).
+        resampler: ``soxr`` or ``resampy`` for wavs not at 16 kHz.
+        feature_cache: folder for computed log-mels (None: ``~/.cache/avseg/log_mel``; ``"off"``: no cache).
+        transform: optional callable ``(frames [T,3,H,W], masks [T,1,H,W]) -> (frames, masks)``.
+    """
+
+    def __init__(
+        self,
+        root: PathLike,
+        task: str = "s4",
+        split: str = "train",
+        layout: str = "v1",
+        image_size: Union[int, Tuple[int, int]] = 224,
+        audio_source: str = "auto",
+        resampler: str = "soxr",
+        feature_cache: Optional[PathLike] = None,
+        transform: Optional[Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]] = None,
+    ):
+        self.root = Path(root)
+        self.task = task
+        self.split = split
+        self.layout = layout
+        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.transform = transform
+        if layout == "v1":
+            if not self.root.is_dir():
+                raise DatasetError(f"dataset root not found: {self.root} (expected the folder holding Single-source/ and Multi-sources/)")
+            all_records = read_v1_index(self.root, task)
+        elif layout == "semantic":
+            if task not in SEMANTIC_SETS:
+                raise DatasetError(f"unknown task '{task}' for the semantic layout (expected one of {tuple(SEMANTIC_SETS)})")
+            if audio_source == "pkl":
+                raise DatasetError("the AVSBench-semantic layout has no .pkl log-mels: use data.audio_source 'wav' or 'auto'")
+            all_records = read_semantic_index(self.root, [SEMANTIC_SETS[task]])
+        else:
+            raise DatasetError(f"unknown dataset layout '{layout}' (expected one of {LAYOUTS})")
+        self.records = [record for record in all_records if record.split == split]
+        if not self.records:
+            splits = sorted({record.split for record in all_records})
+            raise DatasetError(f"{self.root}: no {task} clips in split '{split}' ({layout} layout; splits present: {splits})")
+        self.log_mel_source = LogMelSource(audio_source, resampler, feature_cache)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Dict[str, object]:
+        record = self.records[index]
+        height, width = self.image_size
+        frames = normalize_frames(np.stack([read_frame(path, self.image_size, record.layout_hint) for path in record.frames]))
+        masks = torch.zeros(record.num_frames, 1, height, width)
+        for k, path in enumerate(record.masks):
+            if path is not None:
+                masks[k, 0] = torch.from_numpy(read_mask(path, self.image_size, record.layout_hint))
+        if self.transform is not None:
+            frames, masks = self.transform(frames, masks)
+        return {
+            "frames": frames,
+            "log_mel": self.log_mel_source(record),
+            "masks": masks,
+            "mask_valid": torch.tensor(record.mask_valid, dtype=torch.bool),
+            "video_id": record.video_id,
+            "category": record.category,
+        }

@@ -1,0 +1,6 @@
+#!/usr/bin/env python
+"""Synthetic AVSBench: ``python tools/make_synthetic.py --task s4|ms3 --out DIR --videos N --size S --seed K``."""
+from avseg.cli.make_synthetic import entry
+
+if __name__ == "__main__":
+    entry()
