@@ -14,6 +14,7 @@ then the overrides. Lists are replaced, not concatenated.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
@@ -206,8 +207,8 @@ class EvalConfig:
 
     ``batch_size`` is in clips: the official metrics take the F maximum per batch of 4 clips, so it fixes
     how the official numbers group the frames. ``audio``: normal | shuffle (each clip gets another clip's
-    log-mel, a derangement drawn from ``shuffle_seed``) | silent (the log-mel of silence). ``num_vis``
-    clips go into the qualitative grid PNG.
+    log-mel, a derangement drawn from ``shuffle_seed``) | silent (the log-mel of silence); tools/eval.py
+    also takes a comma-separated list. ``num_vis`` clips go into the qualitative grid PNG.
     """
 
     split: str = "test"
@@ -247,10 +248,32 @@ def resolve_config_path(name: Union[str, os.PathLike]) -> Path:
     raise ConfigError(f"config file not found: '{name}' (looked for it as a path and in {CONFIG_DIR})")
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.2-style scalars: only true/false are booleans (``off``/``no`` stay strings), ``5e-5`` is a float."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml(text: str):
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            data = _parse_yaml(handle)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
@@ -294,7 +317,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, value = item.split("=", 1)
         try:
-            parsed = yaml.safe_load(value) if value != "" else ""
+            parsed = _parse_yaml(value) if value != "" else ""
         except yaml.YAMLError:
             parsed = value
         try:

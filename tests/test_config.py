@@ -120,3 +120,13 @@ def test_saved_config_round_trip(tmp_path):
     save_config(cfg, tmp_path / "run" / "config.yaml")
     again = load_config(tmp_path / "run" / "config.yaml")
     assert again == cfg
+
+
+def test_yaml_words_stay_strings_and_exponents_are_floats(tmp_path):
+    path = write(tmp_path / "x.yaml", "data: {feature_cache: off, audio_source: no}\ntrain: {lr: 5e-5}\n")
+    cfg = load_config(path, ["data.resampler=off", "deterministic=true"])
+    assert cfg.data.feature_cache == "off"
+    assert cfg.data.audio_source == "no"
+    assert cfg.data.resampler == "off"
+    assert cfg.train.lr == pytest.approx(5e-5)
+    assert cfg.deterministic is True

@@ -1,0 +1,99 @@
+"""Speed of the vectorised AVSBench metrics against a straightforward loop over the 255 thresholds.
+
+The loop is a plain transcription of the official ``Eval_Fmeasure``/``_eval_pr`` and ``mask_iou``
+(one comparison, product and two sums per frame and threshold), the implementation the official test
+script runs. Both are timed on the same random batches, interleaved; the table shows the best time
+per batch (the least disturbed by other processes on a shared machine), the median, the speed-up of
+the best times and the largest difference between the two results.
+
+    .venv/bin/python benchmarks/metrics_speed.py [--frames 20] [--size 224] [--repeats 5] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from avseg.evaluation import avsbench_fscore, avsbench_miou
+
+
+def loop_fscore(logits: torch.Tensor, masks: torch.Tensor, num_thresholds: int = 255) -> float:
+    """The official F-measure, one threshold at a time (``[N, H, W]`` logits and {0,1} masks)."""
+    probs = torch.sigmoid(logits)
+    thresholds = torch.linspace(0, 1 - 1e-10, num_thresholds)
+    curve_sum, counted = torch.zeros(num_thresholds), 0
+    for frame in range(probs.shape[0]):
+        if torch.mean(masks[frame]) == 0.0:
+            continue
+        precision, recall = torch.zeros(num_thresholds), torch.zeros(num_thresholds)
+        for k in range(num_thresholds):
+            predicted = (probs[frame] >= thresholds[k]).float()
+            true_pos = (predicted * masks[frame]).sum()
+            precision[k] = true_pos / (predicted.sum() + 1e-20)
+            recall[k] = true_pos / (masks[frame].sum() + 1e-20)
+        curve = 1.3 * precision * recall / (0.3 * precision + recall)
+        curve[curve != curve] = 0
+        curve_sum += curve
+        counted += 1
+    return (curve_sum / counted).max().item() if counted else 0.0
+
+
+def loop_miou(logits: torch.Tensor, masks: torch.Tensor) -> float:
+    """The official ``mask_iou`` (0.5 threshold, empty-mask rule, eps 1e-7)."""
+    num_pixels = masks.shape[-1] * masks.shape[-2]
+    empty = masks.sum(2).sum(1) == 0
+    predicted = (torch.sigmoid(logits) > 0.5).int()
+    inter = (predicted * masks).sum(2).sum(1)
+    union = torch.max(predicted, masks).sum(2).sum(1)
+    inter[empty] = ((1 - masks) * (1 - predicted)).sum(2).sum(1)[empty]
+    union[empty] = num_pixels
+    return (torch.sum(inter / (union + 1e-7)) / masks.shape[0]).item()
+
+
+def _timed(fn, *args, repeats: int):
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn(*args)
+        times.append(time.perf_counter() - start)
+    return times, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=20, help="frames per batch (official: 4 clips x 5)")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=5, help="batches (each timed once per implementation)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    generator = torch.Generator().manual_seed(0)
+    rows = {"F-score": [[], [], 0.0], "mIoU": [[], [], 0.0]}
+    for repeat in range(args.repeats):
+        logits = torch.randn(args.frames, args.size, args.size, generator=generator) * 4
+        masks = (torch.rand(args.frames, args.size, args.size, generator=generator) < 0.3).float()
+        masks[0] = 0  # one empty ground truth per batch exercises the skip / background rules
+        for name, loop_fn, fast_fn in (("F-score", loop_fscore, avsbench_fscore), ("mIoU", loop_miou, avsbench_miou)):
+            fast_fn(logits, masks)  # warm-up
+            loop_times, loop_value = _timed(loop_fn, logits, masks, repeats=1)
+            fast_times, fast_value = _timed(fast_fn, logits, masks, repeats=10)
+            rows[name][0] += loop_times
+            rows[name][1] += fast_times
+            rows[name][2] = max(rows[name][2], abs(loop_value - fast_value))
+
+    print(f"batch: {args.frames} frames at {args.size}x{args.size}, torch threads {args.threads}, {args.repeats} batches")
+    print("| metric | loop best (median), s/batch | avseg best (median), ms/batch | speed-up (best) | max abs diff |")
+    print("|---|---|---|---|---|")
+    for name, (loop_times, fast_times, diff) in rows.items():
+        loop_best, fast_best = min(loop_times), min(fast_times)
+        print(
+            f"| {name} | {loop_best:.3f} ({statistics.median(loop_times):.3f}) | "
+            f"{fast_best * 1e3:.1f} ({statistics.median(fast_times) * 1e3:.1f}) | {loop_best / fast_best:.0f}x | {diff:.1e} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
