@@ -150,7 +150,12 @@ class VaeModelConfig:
 
 @dataclass
 class ModelConfig:
-    """Model family (``tpavi`` | ``ecmvae`` | VAE names) and its parts."""
+    """Model family (``tpavi`` | ``ecmvae`` | VAE names) and its parts (see docs/models.md).
+
+    ``fusion: false`` is the visual-only ablation (no audio, no TPAVI). ``tpavi_stages`` lists the
+    fused levels (0 = stride 4). ``seg_loss``: bce | structure. ``avm_weight`` weights the AV-map loss
+    (0.5 in the MS3 configs, 0 = off).
+    """
 
     name: str = "tpavi"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)

@@ -1,1 +1,30 @@
-"""avseg.models"""
+"""Models: the AVSBench TPAVI baseline and its building blocks (backbones, TPAVI, decoders), the factory.
+
+``build_model(cfg)`` builds the model named by ``cfg.model.name``; ``load_model(path)`` rebuilds one
+from an avseg checkpoint; ``load_weights(model, path)`` also reads official AVSBench/MMVAE-AVS files.
+"""
+from avseg.models.avsbench import AVSBenchModel, DilatedConvSum, build_avsbench_model
+from avseg.models.backbones import BACKBONES, VisualBackbone, build_backbone
+from avseg.models.convert import convert_avsbench_state_dict
+from avseg.models.decoders import FeatureFusionBlock, RefineDecoder, ResidualConvUnit
+from avseg.models.factory import LoadReport, build_model, detect_format, load_model, load_weights
+from avseg.models.tpavi import TPAVI
+
+__all__ = [
+    "AVSBenchModel",
+    "BACKBONES",
+    "DilatedConvSum",
+    "FeatureFusionBlock",
+    "LoadReport",
+    "RefineDecoder",
+    "ResidualConvUnit",
+    "TPAVI",
+    "VisualBackbone",
+    "build_avsbench_model",
+    "build_backbone",
+    "build_model",
+    "convert_avsbench_state_dict",
+    "detect_format",
+    "load_model",
+    "load_weights",
+]

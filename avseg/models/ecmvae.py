@@ -1,0 +1,470 @@
+"""ECMVAE (Mao et al., ICCV 2023): a factorised multimodal VAE for audio-visual segmentation.
+
+Pipeline for clips, frames ``[B, T, 3, H, W]`` and log-mel ``[B, T, 1, 96, 64]`` (``N = B·T`` frames):
+
+1. visual backbone -> four maps (strides 4..32); audio encoder (frozen VGGish) -> ``[N, 128]``;
+2. two necks, ``neck_prior`` and ``neck_post``: per level conv1×1-BN, conv3×3-BN, conv3×3-BN to 128 ch;
+3. latent codes per frame (16-d): visual-specific s_v, audio-specific s_a and shared c, from prior
+   encoders (image / audio) and posterior encoders that also see the mask
+   (:mod:`avseg.models.ecmvae_latent`); s_v′ = Linear([s_v; c]), s_a′ = Linear([s_a; c]) are tiled
+   over the deepest neck level and mixed in by a 1×1 conv (``noise_conv``);
+4. ECMVAE TPAVI (L2-normalised inputs, no alignment layer) at the four levels, shared by both paths;
+5. ``decoder_prior`` / ``decoder_post``: RCU blocks with nearest ×2 upsampling -> logits ``[N, 1, H, W]``.
+
+Training (``masks`` given) runs the prior path on every frame and the posterior path on the
+annotated frames only (``mask_valid``; S4 training: the first frame of each clip, MS3: all), each
+clip's annotated frames forming the temporal context of the posterior TPAVI. Terms:
+
+* ``seg_prior``, ``seg_post``: structure loss of each path on the annotated frames;
+* ``kl``: KL(q‖p) of s_v and s_a plus the shared-code divergence (``shared_divergence``), annotated frames;
+* ``diff``: DSN difference loss (s_v, c) + (s_a, c), prior codes (all frames) + posterior codes;
+* ``mi``: Barber–Agakov log-likelihood of s_a′ given s_v′ (prior + posterior), to be maximised;
+* ``avm`` (``avm_weight > 0``, MS3): AV-map KL loss on the prior path, normalised features;
+* ``loss`` = seg_prior + w_post·seg_post + w_kl·kl + w_diff·diff − w_mi·mi (+ w_avm·avm).
+
+Inference uses the prior path only: latent means by default, samples with ``sample_at_test``, and
+``num_samples > 1`` averages the probabilities of that many samples (``uncertainty`` = their
+per-pixel standard deviation). See ``docs/ecmvae.md`` for which parts follow the released code.
+
+Parameter names follow MMVAE-AVS (``neck_prior.conv_list.0.reduce.0.conv.weight``,
+``fusion_modules.0.theta.weight``, ``mm_vae_model.enc_vs.layer1.weight`` …); the backbone lives under
+``backbone.body`` (timm), see :func:`convert_mmvae_avs_state_dict`.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+from avseg.errors import ConfigError
+from avseg.losses.avm import avm_loss
+from avseg.losses.latent import (
+    KL_FORMS,
+    MI_FORMS,
+    SHARED_DIVERGENCES,
+    ba_log_likelihood,
+    difference_loss,
+    gaussian_kl,
+    shared_code_divergence,
+)
+from avseg.losses.segmentation import SEGMENTATION_LOSSES, segmentation_loss
+from avseg.models.backbones import feature_key
+from avseg.models.decoders import RefineDecoder
+from avseg.models.ecmvae_latent import POSTERIOR, PRIOR, FactorisedLatents, Gaussian, reparameterise
+from avseg.models.tpavi import TPAVI
+
+LATENT_NOISE_KEYS = ("vs", "as", "c")
+
+
+class ConvBN(nn.Module):
+    """Bias-free conv followed by BatchNorm (MMVAE-AVS ``BasicConv2d`` without activation): keys ``conv``, ``norm``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class DimReduce(nn.Module):
+    """conv1×1-BN, conv3×3-BN, conv3×3-BN, no activation: ``[N, C_in, h, w] -> [N, C_out, h, w]``."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.reduce = nn.Sequential(
+            ConvBN(in_channels, out_channels, 1), ConvBN(out_channels, out_channels, 3), ConvBN(out_channels, out_channels, 3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reduce(x)
+
+
+class ReductionNeck(nn.Module):
+    """One :class:`DimReduce` per backbone level (``conv_list.{i}``): four maps -> four ``out_channels`` maps."""
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int):
+        super().__init__()
+        self.conv_list = nn.ModuleList(DimReduce(c, out_channels) for c in in_channels)
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        return [reduce(x) for reduce, x in zip(self.conv_list, maps)]
+
+
+class ECMVAE(nn.Module):
+    """The ECMVAE model; see the module docstring.
+
+    Args:
+        backbone: module with ``channels`` (4 ints) and ``forward(images) -> 4 maps`` (strides 4..32).
+        audio_encoder: ``[N, 1, 96, 64] -> [N, out_dim]``; ``out_dim`` must equal ``neck_channels``
+            when TPAVI is used (the ECMVAE TPAVI has no alignment layer).
+        neck_channels: channels of the necks, TPAVI and decoders (128).
+        latent_dim, mi_dim, encoder_channels: code size (16), Barber–Agakov head size (6), width of
+            the first conv of the latent encoders (16).
+        image_size: training image side; the latent conv towers flatten an ``image_size // 32`` grid.
+        tpavi_stages: levels (0 = stride 4) with a TPAVI block; ``fusion=False`` removes them all.
+        latent_path: False for the deterministic ablation (backbone, neck, TPAVI, decoder; no latents,
+            no posterior path).
+        shared_only: keep only the shared code c (ablation); no diff or MI term.
+        seg_loss: ``structure`` (released) or ``bce``.
+        posterior_seg_weight, kl_weight, diff_weight, mi_weight, avm_weight: loss weights.
+        shared_divergence: ``js_released`` | ``js_mc`` | ``kl`` (see :mod:`avseg.losses.latent`).
+        js_samples: Monte-Carlo draws for ``js_mc``.
+        kl_form: ``analytic`` or ``released`` (the released KL reads exp(logvar) as the std).
+        mi_form: ``released`` (data term only) or ``gaussian`` (full log-density).
+        sample_at_test, num_samples: inference behaviour (attributes, may be changed after building).
+    """
+
+    batch_keys = ("frames", "log_mel", "masks", "mask_valid")
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        audio_encoder: nn.Module,
+        neck_channels: int = 128,
+        latent_dim: int = 16,
+        mi_dim: int = 6,
+        encoder_channels: int = 16,
+        image_size: int = 224,
+        tpavi_stages: Sequence[int] = (0, 1, 2, 3),
+        fusion: bool = True,
+        latent_path: bool = True,
+        shared_only: bool = False,
+        seg_loss: str = "structure",
+        posterior_seg_weight: float = 1.0,
+        kl_weight: float = 0.01,
+        diff_weight: float = 0.001,
+        mi_weight: float = 0.001,
+        avm_weight: float = 0.0,
+        shared_divergence: str = "js_released",
+        js_samples: int = 8,
+        kl_form: str = "analytic",
+        mi_form: str = "released",
+        sample_at_test: bool = False,
+        num_samples: int = 1,
+    ):
+        super().__init__()
+        stages = sorted(set(int(s) for s in tpavi_stages)) if fusion else []
+        audio_dim = int(getattr(audio_encoder, "out_dim", 128))
+        _check_choice("model.seg_loss", seg_loss, SEGMENTATION_LOSSES)
+        _check_choice("model.ecmvae.shared_divergence", shared_divergence, SHARED_DIVERGENCES)
+        _check_choice("model.ecmvae.kl_form", kl_form, KL_FORMS)
+        _check_choice("model.ecmvae.mi_form", mi_form, MI_FORMS)
+        if any(s not in range(4) for s in stages):
+            raise ConfigError(f"key 'model.tpavi_stages': stages must be in 0..3, got {list(tpavi_stages)}")
+        if fusion and not stages:
+            raise ConfigError("key 'model.tpavi_stages': fusion is on but no stage is listed (use model.fusion=false)")
+        if stages and audio_dim != neck_channels:
+            raise ConfigError(
+                f"key 'model.neck_channels': the ECMVAE TPAVI has no audio alignment layer, so the audio encoder's "
+                f"{audio_dim}-d output must equal neck_channels ({neck_channels})"
+            )
+        if avm_weight and not stages:
+            raise ConfigError("key 'model.avm_weight': the AV-map loss needs TPAVI fusion (model.fusion=true)")
+        if image_size < 32 or image_size % 32:
+            raise ConfigError(f"key 'data.image_size': ECMVAE needs a multiple of 32, got {image_size}")
+        if num_samples < 1 or js_samples < 1:
+            raise ConfigError("keys 'model.ecmvae.num_samples' and 'model.ecmvae.js_samples' must be at least 1")
+        self.tpavi_stages = stages
+        self.latent_path = latent_path
+        self.seg_loss = seg_loss
+        self.weights = dict(seg_post=float(posterior_seg_weight), kl=float(kl_weight), diff=float(diff_weight),
+                            mi=float(mi_weight), avm=float(avm_weight))
+        self.shared_divergence = shared_divergence
+        self.js_samples = js_samples
+        self.kl_form = kl_form
+        self.mi_form = mi_form
+        self.sample_at_test = sample_at_test
+        self.num_samples = num_samples
+
+        self.backbone = backbone
+        self.audio_encoder = audio_encoder
+        self.neck_prior = ReductionNeck(backbone.channels, neck_channels)
+        self.fusion_modules = nn.ModuleList(
+            TPAVI(neck_channels, audio_channels=None, normalize_inputs=True) for _ in stages
+        )
+        self.decoder_prior = RefineDecoder(neck_channels, style="ecmvae")
+        if latent_path:
+            self.neck_post = ReductionNeck(backbone.channels, neck_channels)
+            self.decoder_post = RefineDecoder(neck_channels, style="ecmvae")
+            self.mm_vae_model = FactorisedLatents(
+                image_channels=3, audio_dim=audio_dim, feature_channels=neck_channels, latent_dim=latent_dim,
+                mi_dim=mi_dim, base_channels=encoder_channels, grid_size=image_size // 32, shared_only=shared_only,
+            )
+
+    # ------------------------------------------------------------------ building blocks
+    def encode_audio(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """``[B, T, 1, 96, 64] -> [B·T, D]``."""
+        return self.audio_encoder(log_mel.flatten(0, 1))
+
+    def fuse(self, maps: List[torch.Tensor], audio: torch.Tensor, clip_lengths: Sequence[int],
+             levels: Sequence[int] = (0, 1, 2, 3)) -> Tuple[List[torch.Tensor], Dict[int, torch.Tensor]]:
+        """TPAVI on ``levels`` of ``maps`` (four ``[N, C, h, w]``), clips of ``clip_lengths`` frames (sum N).
+
+        Returns the maps with those levels fused and the per-level TPAVI audio ``[N, C]``.
+        """
+        maps = list(maps)
+        fused_audio: Dict[int, torch.Tensor] = {}
+        for index, stage in enumerate(self.tpavi_stages):
+            if stage in levels:
+                maps[stage], fused_audio[stage] = _tpavi_over_clips(self.fusion_modules[index], maps[stage], audio, clip_lengths)
+        return maps, fused_audio
+
+    def _codes(self, gaussians: Dict[str, Gaussian], sample: bool,
+               noise: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        if not sample:
+            return {name: mu for name, (mu, _) in gaussians.items()}
+        noise = noise or {}
+        return {name: reparameterise(mu, logvar, noise.get(name)) for name, (mu, logvar) in gaussians.items()}
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        frames: torch.Tensor,
+        log_mel: torch.Tensor,
+        masks: Optional[torch.Tensor] = None,
+        mask_valid: Optional[torch.Tensor] = None,
+        latent_noise: Optional[Dict[str, torch.Tensor]] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """frames ``[B, T, 3, H, W]``, log_mel ``[B, T, 1, 96, 64]``, masks ``[B, T, 1, H, W]``, mask_valid ``[B, T]``.
+
+        Returns ``logits`` ``[B, T, 1, H, W]`` (prior path); with ``num_samples > 1`` also
+        ``uncertainty`` ``[B, T, 1, H, W]``; with masks also every loss term and ``loss``.
+        ``latent_noise`` fixes the prior-path ε: ``{"vs", "as", "c"}`` -> ``[N, D]`` (or
+        ``[num_samples, N, D]``) and implies sampling.
+        """
+        if frames.dim() != 5:
+            raise ValueError(f"frames must be [B, T, 3, H, W], got {tuple(frames.shape)}")
+        batch, num_frames = frames.shape[:2]
+        if log_mel is None or log_mel.shape[:2] != (batch, num_frames):
+            got = None if log_mel is None else tuple(log_mel.shape)
+            raise ValueError(f"log_mel must be [B, T, 1, 96, 64] matching frames {(batch, num_frames)}, got {got}")
+        images = frames.flatten(0, 1)
+        audio = self.encode_audio(log_mel)
+        features = self.backbone(images)
+        if masks is None:
+            outputs = self._predict(images, audio, features, [num_frames] * batch, latent_noise)
+        else:
+            if masks.shape != frames.shape[:2] + (1,) + frames.shape[-2:]:
+                raise ValueError(f"masks must be [B, T, 1, H, W] matching frames, got {tuple(masks.shape)}")
+            if mask_valid is None:
+                mask_valid = torch.ones(batch, num_frames, dtype=torch.bool, device=frames.device)
+            outputs = self._train_outputs(images, audio, features, masks, mask_valid.to(torch.bool), latent_noise)
+        return {key: rearrange(value, "(b t) c h w -> b t c h w", b=batch) if value.dim() == 4 else value
+                for key, value in outputs.items()}
+
+    def _predict(self, images, audio, features, clip_lengths, latent_noise) -> Dict[str, torch.Tensor]:
+        """Prior path only; ``[N, 1, H, W]`` logits (and ``uncertainty`` for several samples)."""
+        size = images.shape[-2:]
+        maps = self.neck_prior(features)
+        if not self.latent_path:
+            fused, _ = self.fuse(maps, audio, clip_lengths)
+            return {"logits": self.decoder_prior(fused, output_size=size)}
+        gaussians = self.mm_vae_model.encode(PRIOR, images, audio)
+        samples = self.num_samples
+        sample = self.sample_at_test or samples > 1 or latent_noise is not None
+        deepest = len(maps) - 1
+        shallow, _ = self.fuse(maps, audio, clip_lengths, levels=range(deepest))  # unaffected by the codes
+        probabilities = []
+        for index in range(samples):
+            noise = _noise_for_sample(latent_noise, index, samples)
+            codes = self.mm_vae_model.combine(PRIOR, self._codes(gaussians, sample, noise))
+            level_maps = list(shallow)
+            level_maps[deepest] = self.mm_vae_model.inject(PRIOR, maps[deepest], codes)
+            level_maps, _ = self.fuse(level_maps, audio, clip_lengths, levels=(deepest,))
+            logits = self.decoder_prior(level_maps, output_size=size)
+            if samples == 1:
+                return {"logits": logits}
+            probabilities.append(torch.sigmoid(logits))
+        stacked = torch.stack(probabilities)
+        mean = stacked.mean(dim=0)
+        eps = torch.finfo(mean.dtype).eps
+        return {"logits": torch.logit(mean.clamp(eps, 1 - eps)), "uncertainty": stacked.std(dim=0)}
+
+    def _train_outputs(self, images, audio, features, masks, mask_valid, latent_noise) -> Dict[str, torch.Tensor]:
+        batch, num_frames = mask_valid.shape
+        size = images.shape[-2:]
+        frame_masks = masks.flatten(0, 1)
+        annotated = mask_valid.flatten().nonzero().squeeze(1)
+        if annotated.numel() == 0:
+            raise ValueError("mask_valid marks no frame as annotated; a training batch needs at least one mask")
+        masks_annotated = frame_masks[annotated].to(images.dtype)
+        clip_masks = masks_annotated.unsqueeze(1)  # each annotated frame as a one-frame clip for the seg loss
+        all_lengths = [num_frames] * batch
+        outputs: Dict[str, torch.Tensor] = {}
+
+        # prior path, every frame
+        maps_prior = self.neck_prior(features)
+        if self.latent_path:
+            gaussians_prior = self.mm_vae_model.encode(PRIOR, images, audio)
+            sample = self.training or self.sample_at_test or latent_noise is not None
+            codes_prior = self._codes(gaussians_prior, sample, latent_noise)
+            combined_prior = self.mm_vae_model.combine(PRIOR, codes_prior)
+            maps_prior[-1] = self.mm_vae_model.inject(PRIOR, maps_prior[-1], combined_prior)
+        fused_prior, audio_prior = self.fuse(maps_prior, audio, all_lengths)
+        logits_prior = self.decoder_prior(fused_prior, output_size=size)
+        outputs["logits"] = logits_prior
+        outputs["seg_prior"] = segmentation_loss(self.seg_loss, logits_prior[annotated].unsqueeze(1), clip_masks)
+        total = outputs["seg_prior"]
+
+        if self.latent_path:
+            # posterior path, annotated frames only; each clip's annotated frames form its TPAVI context
+            lengths = [int(n) for n in mask_valid.sum(dim=1).tolist() if n > 0]
+            images_q, audio_q = images[annotated], audio[annotated]
+            maps_post = self.neck_post([f[annotated] for f in features])
+            gaussians_post = self.mm_vae_model.encode(POSTERIOR, images_q, audio_q, masks_annotated)
+            codes_post = self._codes(gaussians_post, self.training)
+            combined_post = self.mm_vae_model.combine(POSTERIOR, codes_post)
+            maps_post[-1] = self.mm_vae_model.inject(POSTERIOR, maps_post[-1], combined_post)
+            fused_post, _ = self.fuse(maps_post, audio_q, lengths)
+            logits_post = self.decoder_post(fused_post, output_size=size)
+            outputs["seg_post"] = segmentation_loss(self.seg_loss, logits_post.unsqueeze(1), clip_masks)
+            outputs.update(self._latent_terms(gaussians_prior, codes_prior, combined_prior, annotated,
+                                              gaussians_post, codes_post, combined_post))
+            total = (total + self.weights["seg_post"] * outputs["seg_post"] + self.weights["kl"] * outputs["kl"])
+            if "diff" in outputs:
+                total = total + self.weights["diff"] * outputs["diff"] - self.weights["mi"] * outputs["mi"]
+
+        if self.weights["avm"]:
+            stages = self.tpavi_stages
+            outputs["avm"] = avm_loss(logits_prior, [audio_prior[s] for s in stages],
+                                      [fused_prior[s] for s in stages], normalize=True)
+            total = total + self.weights["avm"] * outputs["avm"]
+        outputs["loss"] = total
+        return outputs
+
+    def _latent_terms(self, gaussians_prior, codes_prior, combined_prior, annotated,
+                      gaussians_post, codes_post, combined_post) -> Dict[str, torch.Tensor]:
+        """KL on annotated frames; difference and MI terms on each path's own frames."""
+        prior_at_annotated = {name: (mu[annotated], logvar[annotated]) for name, (mu, logvar) in gaussians_prior.items()}
+        mu_p, logvar_p = prior_at_annotated["c"]
+        mu_q, logvar_q = gaussians_post["c"]
+        kl = shared_code_divergence(self.shared_divergence, mu_p, logvar_p, mu_q, logvar_q, self.js_samples, self.kl_form)
+        terms = {}
+        if self.mm_vae_model.shared_only:
+            terms["kl"] = kl
+            return terms
+        for name in ("vs", "as"):
+            kl = kl + gaussian_kl(*gaussians_post[name], *prior_at_annotated[name], form=self.kl_form).mean()
+        terms["kl"] = kl
+        terms["diff"] = sum(
+            difference_loss(codes[name], codes["c"]) for codes in (codes_prior, codes_post) for name in ("vs", "as")
+        )
+        terms["mi"] = sum(
+            ba_log_likelihood(*self.mm_vae_model.mi_heads(side, combined), form=self.mi_form)
+            for side, combined in ((POSTERIOR, combined_post), (PRIOR, combined_prior))
+        )
+        return terms
+
+
+# ----------------------------------------------------------------------------- helpers
+def _check_choice(key: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"key '{key}': unknown value '{value}' (expected one of {sorted(choices)})")
+
+
+def _tpavi_over_clips(block: TPAVI, frames: torch.Tensor, audio: torch.Tensor,
+                      clip_lengths: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """TPAVI on ``[N, C, h, w]`` frames and ``[N, C]`` audio grouped into clips of ``clip_lengths`` frames."""
+    lengths = list(clip_lengths)
+    if len(set(lengths)) == 1:
+        length = lengths[0]
+        fused, fused_audio = block(rearrange(frames, "(b t) c h w -> b t c h w", t=length),
+                                   rearrange(audio, "(b t) c -> b t c", t=length))
+        return fused.flatten(0, 1), fused_audio.flatten(0, 1)
+    pieces = [block(f.unsqueeze(0), a.unsqueeze(0)) for f, a in zip(frames.split(lengths), audio.split(lengths))]
+    return torch.cat([p[0].flatten(0, 1) for p in pieces]), torch.cat([p[1].flatten(0, 1) for p in pieces])
+
+
+def _noise_for_sample(latent_noise: Optional[Dict[str, torch.Tensor]], index: int,
+                      num_samples: int) -> Optional[Dict[str, torch.Tensor]]:
+    if latent_noise is None:
+        return None
+    unknown = set(latent_noise) - set(LATENT_NOISE_KEYS)
+    if unknown:
+        raise ValueError(f"latent_noise keys must be among {LATENT_NOISE_KEYS}, got {sorted(unknown)}")
+    picked = {}
+    for name, eps in latent_noise.items():
+        if eps.dim() == 3:
+            if eps.shape[0] != num_samples:
+                raise ValueError(f"latent_noise['{name}'] has {eps.shape[0]} samples, num_samples is {num_samples}")
+            eps = eps[index]
+        picked[name] = eps
+    return picked
+
+
+# ----------------------------------------------------------------------------- official weights
+#: Official MMVAE-AVS keys that the released forward pass never uses (no counterpart here).
+MMVAE_UNUSED_PREFIXES = ("audio_neck.", "decoder_prior.fusion_block_1.resConfUnit1.", "decoder_post.fusion_block_1.resConfUnit1.")
+
+
+def convert_mmvae_avs_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Rename a released MMVAE-AVS ``AVSMMVAE`` state dict to :class:`ECMVAE` names.
+
+    ``encoder.*`` (torchvision ResNet or original PVTv2 names) becomes ``backbone.body.*`` (timm
+    ``features_only`` names); ``neck_prior``, ``neck_post``, ``fusion_modules``, ``decoder_prior``,
+    ``decoder_post`` and ``mm_vae_model`` keep their names. Dropped, because the released forward
+    never calls them: ``audio_neck`` and the deepest decoder block's ``resConfUnit1``. VGGish is not
+    part of the release's state dict; the audio encoder keeps its own weights.
+
+    Returns ``(converted, dropped_keys)``; a ``module.`` prefix (DataParallel) is removed first.
+    """
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    converted: Dict[str, torch.Tensor] = {}
+    dropped: List[str] = []
+    backbone = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
+    if any(k.startswith("patch_embed1.") for k in backbone):
+        from timm.models import pvt_v2
+
+        backbone = pvt_v2.checkpoint_filter_fn(backbone, None)
+    for key, value in backbone.items():
+        if key.startswith("fc."):
+            dropped.append(f"encoder.{key}")
+        else:
+            converted[f"backbone.body.{feature_key(key)}"] = value
+    for key, value in state_dict.items():
+        if key.startswith("encoder."):
+            continue
+        if key.startswith(MMVAE_UNUSED_PREFIXES):
+            dropped.append(key)
+        else:
+            converted[key] = value
+    return converted, dropped
+
+
+# ----------------------------------------------------------------------------- factory
+def build_ecmvae(cfg) -> ECMVAE:
+    """The ``ecmvae`` model from a full config (``cfg.model`` with ``cfg.model.ecmvae``; ``cfg.data.image_size``)."""
+    from avseg.audio.vggish import build_audio_encoder
+    from avseg.models.backbones import build_backbone
+
+    model_cfg, ecmvae_cfg = cfg.model, cfg.model.ecmvae
+    return ECMVAE(
+        build_backbone(model_cfg.backbone),
+        build_audio_encoder(model_cfg.audio),
+        neck_channels=model_cfg.neck_channels,
+        latent_dim=ecmvae_cfg.latent_dim,
+        mi_dim=ecmvae_cfg.mi_dim,
+        encoder_channels=ecmvae_cfg.encoder_channels,
+        image_size=cfg.data.image_size,
+        tpavi_stages=model_cfg.tpavi_stages,
+        fusion=model_cfg.fusion,
+        latent_path=ecmvae_cfg.latent_path,
+        shared_only=ecmvae_cfg.shared_only,
+        seg_loss=model_cfg.seg_loss,
+        posterior_seg_weight=ecmvae_cfg.posterior_seg_weight,
+        kl_weight=ecmvae_cfg.kl_weight,
+        diff_weight=ecmvae_cfg.diff_weight,
+        mi_weight=ecmvae_cfg.mi_weight,
+        avm_weight=model_cfg.avm_weight,
+        shared_divergence=ecmvae_cfg.shared_divergence,
+        js_samples=ecmvae_cfg.js_samples,
+        kl_form=ecmvae_cfg.kl_form,
+        mi_form=ecmvae_cfg.mi_form,
+        sample_at_test=ecmvae_cfg.sample_at_test,
+        num_samples=ecmvae_cfg.num_samples,
+    )

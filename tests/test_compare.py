@@ -1,0 +1,118 @@
+"""tools/compare.py: two tiny configs trained, evaluated with normal and shuffled audio, and tabulated."""
+import csv
+import json
+import math
+
+import pytest
+from PIL import Image
+
+from avseg.cli import compare as C
+from avseg.errors import CheckpointError, ConfigError
+
+CONFIGS = ["synthetic/s4_visual_only.yaml", "synthetic/s4_tpavi.yaml"]
+NAMES = ["s4_visual_only", "s4_tpavi"]
+
+
+def tiny_overrides(root):
+    return [
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "model.neck_channels=16",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        "train.batch_size=2",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "eval.num_vis=0",
+    ]
+
+
+@pytest.fixture(scope="module")
+def compared(synthetic_s4_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    argv = ["--cfgs", *CONFIGS, *tiny_overrides(synthetic_s4_root), "--train", "--out", str(out), "--fps-batches", "1", "--threads", "1"]
+    assert C.main(argv) == 0
+    return out, synthetic_s4_root
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_tables_match_the_runs_metrics(compared):
+    out, _ = compared
+    rows = read_csv(out / C.RESULTS_CSV)
+    assert [row["name"] for row in rows] == NAMES
+    table = (out / C.RESULTS_MD).read_text(encoding="utf-8")
+    for row in rows:
+        metrics = json.loads((out / row["name"] / "eval_test" / "metrics.json").read_text())
+        assert set(metrics["results"]) == {"normal", "shuffle"}
+        for mode in ("normal", "shuffle"):
+            for key in C.METRIC_KEYS:
+                assert float(row[f"{key}_{mode}"]) == metrics["results"][mode]["metrics"][key]
+        normal = metrics["results"]["normal"]["metrics"]
+        shuffled = metrics["results"]["shuffle"]["metrics"]["miou"]
+        line = next(text for text in table.splitlines() if text.startswith(f"| `{row['name']}` |"))
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells[1:6] == [f"{normal['miou']:.4f}", f"{normal['fscore']:.4f}", f"{normal['miou_batch_independent']:.4f}",
+                              f"{normal['fscore_batch_independent']:.4f}", f"{shuffled:.4f}"]
+        assert cells[6] == f"{shuffled - normal['miou']:+.4f}"
+        assert cells[7] == f"{int(row['params']) / 1e6:.2f}"
+        assert float(row["fps"]) > 0 and math.isfinite(float(row["fps"]))
+        assert int(row["epochs"]) == 1 and int(row["steps"]) == 2
+        summary = json.loads((out / row["name"] / C.RUN_SUMMARY).read_text())
+        assert summary["metrics"]["normal"]["miou"] == normal["miou"]
+    with Image.open(out / C.RESULTS_PNG) as image:
+        assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
+
+
+def test_parameters_and_training_time_come_from_the_run(compared):
+    out, _ = compared
+    from avseg.checkpoint import read_checkpoint
+    from avseg.models import load_model
+
+    for row in read_csv(out / C.RESULTS_CSV):
+        model = load_model(row["checkpoint"])
+        assert int(row["params"]) == sum(p.numel() for p in model.parameters())
+        history = read_checkpoint(out / row["name"] / "last.pth")["history"]
+        assert float(row["train_wall_s"]) == pytest.approx(sum(r["time_epoch_s"] for r in history))
+        with open(out / row["name"] / "train_log.csv", newline="") as handle:
+            logged = list(csv.DictReader(handle))
+        assert float(row["train_time_s"]) == pytest.approx(sum(float(r["time_train_s"]) for r in logged))
+
+
+def test_visual_only_scores_do_not_change_with_the_sound(compared):
+    out, _ = compared
+    visual = {row["name"]: row for row in read_csv(out / C.RESULTS_CSV)}["s4_visual_only"]
+    for key in C.METRIC_KEYS:
+        assert visual[f"{key}_normal"] == visual[f"{key}_shuffle"]
+
+
+def test_finished_runs_are_reused_without_training(compared):
+    out, root = compared
+    last = [out / name / "last.pth" for name in NAMES]
+    stamps = [path.stat().st_mtime_ns for path in last]
+    before = read_csv(out / C.RESULTS_CSV)
+    rows = C.compare(CONFIGS, str(out), tiny_overrides(root), train=False, audio="shuffle,silent", fps_batches=0, threads=1,
+                     command="python tools/compare.py (test)")
+    assert [path.stat().st_mtime_ns for path in last] == stamps
+    assert [row.metrics["normal"]["miou"] for row in rows] == [float(row["miou_normal"]) for row in before]
+    table = (out / C.RESULTS_MD).read_text()
+    assert "mIoU silent audio" in table and "python tools/compare.py (test)" in table
+    assert "miou_silent" in read_csv(out / C.RESULTS_CSV)[0]
+
+
+def test_user_errors_are_clear(compared, tmp_path):
+    out, root = compared
+    with pytest.raises(ConfigError, match="no_such_config"):
+        C.compare(["synthetic/no_such_config.yaml"], str(tmp_path), tiny_overrides(root))
+    with pytest.raises(ConfigError, match="train.lr"):
+        C.compare(CONFIGS[:1], str(out), tiny_overrides(root) + ["train.lr=0.123"], fps_batches=0)
+    with pytest.raises(CheckpointError, match="--train"):
+        C.compare(CONFIGS[:1], str(tmp_path / "empty"), tiny_overrides(root), fps_batches=0)
+    with pytest.raises(ConfigError, match="both have the name"):
+        C.compare([CONFIGS[0], CONFIGS[0]], str(tmp_path), tiny_overrides(root))
+    with pytest.raises(ConfigError, match="--audio"):
+        C.compare(CONFIGS, str(tmp_path), tiny_overrides(root), audio="normal,loud")

@@ -1,0 +1,101 @@
+"""The demo command line: overlay mp4 with the original sound, mask PNGs, RLE, strip, bad input."""
+import json
+
+import av
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+from avseg.audio.vggish_input import SAMPLE_RATE
+from avseg.cli.common import run_cli
+from avseg.cli.demo import main
+from avseg.evaluation.rle import decode_mask
+
+from test_segmenter import tiny_checkpoint, write_video  # noqa: F401  (a shared fixture)
+
+
+def streams(path):
+    """(video frames, video seconds, audio codec, audio sample rate, audio seconds) of a media file."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        pts = sorted(packet.pts for packet in container.demux(video) if packet.size)
+        frame_time = float(1 / video.average_rate)
+        video_seconds = (pts[-1] - pts[0]) * float(video.time_base) + frame_time
+        audio = container.streams.audio[0] if container.streams.audio else None
+        audio_info = (audio.codec_context.name, audio.codec_context.sample_rate,
+                      float(audio.duration * audio.time_base)) if audio is not None else (None, None, None)
+    return (len(pts), video_seconds, *audio_info)
+
+
+def exit_status(argv):
+    with pytest.raises(SystemExit) as stop:
+        run_cli(main, argv)
+    return stop.value.code
+
+
+def test_demo_on_mp4_with_sound(tmp_path, tiny_checkpoint, capsys):
+    video = write_video(tmp_path / "in.mp4", 3.0, fps=10, size=(96, 64))
+    out, masks, rle, strip = tmp_path / "out" / "o.mp4", tmp_path / "masks", tmp_path / "m.json", tmp_path / "s.png"
+    status = exit_status(["--ckpt", str(tiny_checkpoint), "--video", str(video), "--out", str(out), "--quiet",
+                          "--save-masks", str(masks), "--rle", str(rle), "--strip", str(strip)])
+    assert status == 0
+    frames_in, seconds_in, codec_in, rate_in, audio_in = streams(video)
+    frames_out, seconds_out, codec_out, rate_out, audio_out = streams(out)
+    assert frames_out == frames_in == 30
+    assert seconds_out == pytest.approx(seconds_in, abs=1e-3)
+    assert (codec_out, rate_out) == (codec_in, rate_in) == ("aac", SAMPLE_RATE)  # packets copied
+    assert audio_out == pytest.approx(audio_in, abs=0.05)
+    with av.open(str(out)) as container:
+        assert (container.streams.video[0].codec_context.name, container.streams.video[0].width) == ("h264", 96)
+
+    pngs = sorted(masks.glob("*.png"))
+    document = json.loads(rle.read_text())
+    assert len(pngs) == len(document["frames"]) == 30
+    for png, item in zip(pngs[::7], document["frames"][::7]):
+        np.testing.assert_array_equal(np.asarray(Image.open(png)) > 0, decode_mask(item["segmentation"]))
+    assert Image.open(strip).size[1] > 64
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "audio copied" in printed
+    assert sorted(p.name for p in out.parent.iterdir()) == ["o.mp4"]  # no temporary files left
+
+
+def test_demo_folder_and_wav(tmp_path, tiny_checkpoint):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index in range(6):  # 6 frames at 2 fps = 3 s
+        Image.fromarray(np.full((48, 80, 3), 40 * index, np.uint8)).save(folder / f"frame_{index}.jpg")
+    wav = tmp_path / "sound.wav"
+    soundfile.write(wav, (0.3 * np.sin(np.arange(3 * 44100) / 7)).astype(np.float32), 44100)
+    out = tmp_path / "o.mp4"
+    assert exit_status(["--ckpt", str(tiny_checkpoint), "--frames", str(folder), "--audio", str(wav),
+                        "--frame-rate", "2", "--out", str(out), "--quiet"]) == 0
+    frames, seconds, codec, rate, audio_seconds = streams(out)
+    assert (frames, codec, rate) == (6, "aac", 44100)
+    assert seconds == pytest.approx(3.0, abs=1e-3) and audio_seconds == pytest.approx(3.0, abs=0.1)
+
+
+def test_no_audio_is_an_error_unless_allowed(tmp_path, tiny_checkpoint, capsys):
+    video = write_video(tmp_path / "silent.mp4", 2.0, fps=4, audio=False)
+    out = tmp_path / "o.mp4"
+    assert exit_status(["--ckpt", str(tiny_checkpoint), "--video", str(video), "--out", str(out)]) == 2
+    assert "no audio track" in capsys.readouterr().err
+    assert list(tmp_path.glob("*o.mp4*")) == []
+    assert exit_status(["--ckpt", str(tiny_checkpoint), "--video", str(video), "--out", str(out), "--quiet",
+                        "--allow-silent"]) == 0
+    frames, _, codec, _, _ = streams(out)
+    assert frames == 8 and codec is None
+
+
+@pytest.mark.parametrize("make_input, message", [
+    (lambda tmp: tmp / "missing.mp4", "video not found"),
+    (lambda tmp: (tmp / "junk.mp4").write_bytes(b"\x00junk" * 40) and tmp / "junk.mp4", "cannot be read as a video"),
+    (lambda tmp: write_video(tmp / "short.mp4", 0.6), "at least 0.975 s"),
+], ids=["missing", "unreadable", "too-short"])
+def test_bad_input_exits_2(tmp_path, tiny_checkpoint, capsys, make_input, message):
+    out = tmp_path / "o.mp4"
+    argv = ["--ckpt", str(tiny_checkpoint), "--video", str(make_input(tmp_path)), "--out", str(out)]
+    assert exit_status(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
