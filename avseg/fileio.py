@@ -13,9 +13,17 @@ from typing import Iterator, Union
 PathLike = Union[str, os.PathLike]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
+
+    The result gets the usual permissions of a new file (0666 less the umask), not mkstemp's 0600.
 
     ``suffix`` keeps an extension for writers that infer the format from the name (``.mp4``).
     """
@@ -26,6 +34,7 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -11,6 +11,7 @@ from avseg.audio.vggish_input import SAMPLE_RATE
 from avseg.cli.common import run_cli
 from avseg.cli.demo import main
 from avseg.evaluation.rle import decode_mask
+from avseg.inference.video import Mp4Writer
 
 from test_segmenter import tiny_checkpoint, write_video  # noqa: F401  (a shared fixture)
 
@@ -99,3 +100,12 @@ def test_bad_input_exits_2(tmp_path, tiny_checkpoint, capsys, make_input, messag
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_interrupted_output_leaves_nothing(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with Mp4Writer(tmp_path / "o.mp4", 10, 33, 21, waveform=np.zeros(16000, np.float32)) as writer:
+            for _ in range(5):
+                writer.write(np.zeros((21, 33, 3), np.uint8))
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
