@@ -160,7 +160,10 @@ class TimedEvaluator:
 
 
 def train_row(config: str, overrides, out: Path) -> dict:
-    """Train through the shared trainer, validating every epoch; return per-epoch wall and CPU times."""
+    """Train through the shared trainer, validating every epoch; return per-epoch wall and CPU times.
+
+    An interrupted run resumes from its ``last.pth``; the times then cover the epochs run this time.
+    """
     from avseg.config import load_config
     from avseg.engine.trainer import train
     from avseg.vae.evaluation import VaeEvaluator
@@ -172,7 +175,8 @@ def train_row(config: str, overrides, out: Path) -> dict:
         timed.append(TimedEvaluator(VaeEvaluator(config)))
         return timed[-1]
 
-    train(cfg, out=str(out), build_evaluator=build_evaluator)
+    last = out / "last.pth"
+    train(cfg, out=str(out), resume=str(last) if last.is_file() else None, build_evaluator=build_evaluator)
     return {"config": config, "overrides": list(overrides), "epochs": cfg.train.epochs, **timed[0].epoch_times()}
 
 

@@ -15,7 +15,7 @@ import os
 from typing import List
 
 from avseg.cli.common import add_config_arguments, add_debug_argument, config_from_args, run_cli
-from avseg.errors import ConfigError
+from avseg.errors import CheckpointError, ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +37,8 @@ def main(argv: List[str]) -> int:
     cfg = config_from_args(args)
     if cfg is None:
         return 0
+    if not os.path.isfile(args.input):
+        raise CheckpointError(f"checkpoint not found: {args.input}")
     if args.vggish:
         cfg.model.audio.weights = args.vggish
     audio_weights = cfg.model.audio.weights

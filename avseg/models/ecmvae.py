@@ -252,6 +252,8 @@ class ECMVAE(nn.Module):
                 raise ValueError(f"masks must be [B, T, 1, H, W] matching frames, got {tuple(masks.shape)}")
             if mask_valid is None:
                 mask_valid = torch.ones(batch, num_frames, dtype=torch.bool, device=frames.device)
+            if mask_valid.shape != (batch, num_frames):
+                raise ValueError(f"mask_valid must be [B, T] = {(batch, num_frames)}, got {tuple(mask_valid.shape)}")
             outputs = self._train_outputs(images, audio, features, masks, mask_valid.to(torch.bool), latent_noise)
         return {key: rearrange(value, "(b t) c h w -> b t c h w", b=batch) if value.dim() == 4 else value
                 for key, value in outputs.items()}
