@@ -12,7 +12,7 @@ Everything goes to ``runs/quickstart/`` (``make clean`` removes it). A step whos
 skipped, training resumes from ``last.pth``, so an interrupted ``make demo`` continues where it stopped.
 A step whose tool or config is not in this checkout is reported as missing; nothing is made up.
 
-    python tools/quickstart.py [--out runs/quickstart] [--videos 100] [--device auto]
+    python tools/quickstart.py [--out runs/quickstart] [--videos 60] [--device auto]
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ CONFIG = Path("configs/synthetic/s4_ecmvae.yaml")
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
-    parser.add_argument("--videos", type=int, default=100, help="synthetic clips, split 70/15/15 (default 100)")
+    parser.add_argument("--videos", type=int, default=60, help="synthetic clips, split 70/15/15 (default 60, sized for a 10-minute CPU budget)")
     parser.add_argument("--device", default="auto", help="device for training, evaluation and the demo")
     return parser.parse_args(argv)
 
