@@ -45,21 +45,23 @@ TASKS = ("ms3", "s4")
 
 
 class OfficialStyleTPAVI(torch.nn.Module):
-    """The released ECMVAE TPAVI maths with the explicit N×N affinity; wraps an avseg ``TPAVI`` (same weights)."""
+    """The released TPAVI maths with the explicit N×N affinity around an avseg ``TPAVI`` (same weights).
+
+    Alignment (AVSBench) or L2 normalisation (ECMVAE) come from the block's own ``prepare_inputs``;
+    then, as in the official ``TPAVIModule``: tiled audio, θᵀφ / N (``[B, N, N]``) applied to g.
+    """
 
     def __init__(self, block):
         super().__init__()
         self.block = block
 
     def forward(self, visual, audio):
-        """``visual [B, T, C, H, W]``, ``audio [B, T, C]`` -> (``[B, T, C, H, W]``, ``[B, T, C]``)."""
+        """``visual [B, T, C, H, W]``, ``audio [B, T, A]`` -> (``[B, T, C, H, W]``, ``[B, T, C]``)."""
         block = self.block
+        visual, audio = block.prepare_inputs(visual, audio)
         batch, frames, channels, height, width = visual.shape
         visual = visual.permute(0, 2, 1, 3, 4)
-        audio = audio.permute(0, 2, 1)
-        audio = audio / (audio.pow(2).sum(1, keepdim=True) + 1e-6).sqrt()
-        visual = visual / (visual.pow(2).sum(1, keepdim=True) + 1e-6).sqrt()
-        audio_map = audio[..., None, None].repeat(1, 1, 1, height, width)
+        audio_map = audio.permute(0, 2, 1)[..., None, None].repeat(1, 1, 1, height, width)
         inter = block.inter_channels
         g_x = block.g(visual).view(batch, inter, -1).permute(0, 2, 1)
         theta_x = block.theta(visual).view(batch, inter, -1)
@@ -68,7 +70,7 @@ class OfficialStyleTPAVI(torch.nn.Module):
         affinity = affinity / affinity.size(-1)
         y = torch.matmul(affinity, g_x).permute(0, 2, 1).contiguous().view(batch, inter, frames, height, width)
         z = block.norm_layer((block.W_z(y) + visual).permute(0, 2, 3, 4, 1))
-        return z.permute(0, 1, 4, 2, 3), audio.permute(0, 2, 1)
+        return z.permute(0, 1, 4, 2, 3), audio
 
 
 def build(task: str, variant: str, size: int):

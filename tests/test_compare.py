@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import shutil
 
 import pytest
 from PIL import Image
@@ -31,7 +32,9 @@ def tiny_overrides(root):
 @pytest.fixture(scope="module")
 def compared(synthetic_s4_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    argv = ["--cfgs", *CONFIGS, *tiny_overrides(synthetic_s4_root), "--train", "--out", str(out), "--fps-batches", "1", "--threads", "1"]
+    # --jobs 2: each config trains in its own tools/train.py subprocess.
+    argv = ["--cfgs", *CONFIGS, *tiny_overrides(synthetic_s4_root), "--train", "--out", str(out), "--fps-batches", "1",
+            "--threads", "1", "--jobs", "2"]
     assert C.main(argv) == 0
     return out, synthetic_s4_root
 
@@ -104,12 +107,24 @@ def test_finished_runs_are_reused_without_training(compared):
     assert "miou_silent" in read_csv(out / C.RESULTS_CSV)[0]
 
 
+def test_a_run_is_extended_to_more_epochs_in_process(compared, tmp_path):
+    out, root = compared
+    shutil.copytree(out / NAMES[0], tmp_path / NAMES[0])
+    rows = C.compare(CONFIGS[:1], str(tmp_path), tiny_overrides(root) + ["train.epochs=2"], train=True, fps_batches=0, threads=1)
+    assert (rows[0].epochs, rows[0].steps) == (2, 4)
+    with open(tmp_path / NAMES[0] / "train_log.csv", newline="") as handle:
+        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2]
+    assert float(read_csv(tmp_path / C.RESULTS_CSV)[0]["miou_normal"]) == rows[0].metrics["normal"]["miou"]
+
+
 def test_user_errors_are_clear(compared, tmp_path):
     out, root = compared
     with pytest.raises(ConfigError, match="no_such_config"):
         C.compare(["synthetic/no_such_config.yaml"], str(tmp_path), tiny_overrides(root))
     with pytest.raises(ConfigError, match="train.lr"):
         C.compare(CONFIGS[:1], str(out), tiny_overrides(root) + ["train.lr=0.123"], fps_batches=0)
+    with pytest.raises(ConfigError, match="more than train.epochs=0"):
+        C.compare(CONFIGS[:1], str(out), tiny_overrides(root) + ["train.epochs=0"], fps_batches=0)
     with pytest.raises(CheckpointError, match="--train"):
         C.compare(CONFIGS[:1], str(tmp_path / "empty"), tiny_overrides(root), fps_batches=0)
     with pytest.raises(ConfigError, match="both have the name"):

@@ -8,9 +8,11 @@ Examples::
 
 For every config (run folder ``<out>/<cfg.name>/``):
 
-1. with ``--train``: train it there, or continue it from ``last.pth`` (the trainer's ``--resume``); a run
-   whose ``last.pth`` has reached ``train.epochs`` is reused as it is. Without ``--train`` a finished run
-   must already exist. A run trained with a different config is refused (the differing keys are named).
+1. with ``--train``: train it there, or continue it from ``last.pth`` (the trainer's ``--resume``; also
+   to extend a run to a larger ``train.epochs``); a run whose ``last.pth`` has reached ``train.epochs`` is
+   reused as it is. Without ``--train`` a finished run must already exist. A run trained with a
+   different config is refused (the differing keys are named). ``--jobs N`` trains N configs at once,
+   each in a ``tools/train.py`` subprocess.
 2. evaluate ``best.pth`` (else ``last.pth``) on ``cfg.eval.split`` with every ``--audio`` mode
    (``normal`` always first): ``<run>/eval_<split>/metrics.json``, per-video CSVs and grids, as
    ``tools/eval.py`` writes them;
@@ -41,7 +43,7 @@ from omegaconf import DictConfig
 
 from avseg.cli.common import add_debug_argument, run_cli
 from avseg.config import config_to_dict, load_config
-from avseg.errors import CheckpointError, ConfigError
+from avseg.errors import AvsegError, CheckpointError, ConfigError
 
 RESULTS_MD = "results.md"
 RESULTS_CSV = "results.csv"
@@ -49,7 +51,9 @@ RESULTS_PNG = "results.png"
 RUN_SUMMARY = "compare.json"
 METRIC_KEYS = ("miou", "fscore", "miou_batch_independent", "fscore_batch_independent")
 # Keys that do not change what a run learns: a finished run is reused even when they differ.
-IGNORED_KEYS = ("name", "output_dir", "device", "data.num_workers", "train.progress", "train.tensorboard", "train.log_every", "eval")
+# ``train.epochs`` may grow: a run with fewer epochs is continued from its last.pth.
+IGNORED_KEYS = ("name", "output_dir", "device", "data.num_workers", "train.progress", "train.tensorboard",
+                "train.log_every", "train.epochs", "eval")
 
 
 @dataclass
@@ -131,25 +135,72 @@ def run_state(run_dir: Path, cfg: DictConfig) -> Optional[Dict[str, Any]]:
     return payload
 
 
-def ensure_trained(cfg: DictConfig, run_dir: Path, train: bool) -> Dict[str, Any]:
-    """Train, resume or reuse the run in ``run_dir``; returns the finished run's ``last.pth`` payload."""
+def needs_training(cfg: DictConfig, run_dir: Path, train: bool) -> Optional[str]:
+    """None for a finished run (reused as it is), else the ``last.pth`` to resume from or "" for a new run.
+
+    Without ``train`` an unfinished or missing run is an error.
+    """
     from avseg.engine.run import get_logger
     from avseg.engine.trainer import LAST_NAME
-    from avseg.engine.trainer import train as train_run
 
-    logger = get_logger()
     payload = run_state(run_dir, cfg)
-    done = payload is not None and int(payload["epoch"]) >= cfg.train.epochs
-    if done:
-        logger.info(f"{cfg.name}: reusing the finished run in {run_dir} ({payload['epoch']} epochs)")
-        return payload
+    if payload is not None and int(payload["epoch"]) > cfg.train.epochs:
+        raise ConfigError(
+            f"{run_dir} holds a run of {payload['epoch']} epochs, more than train.epochs={cfg.train.epochs}; "
+            "use another --out, or delete that folder to train it again"
+        )
+    if payload is not None and int(payload["epoch"]) == cfg.train.epochs:
+        get_logger().info(f"{cfg.name}: reusing the finished run in {run_dir} ({payload['epoch']} epochs)")
+        return None
     if not train:
         where = "no last.pth" if payload is None else f"last.pth at epoch {payload['epoch']} of {cfg.train.epochs}"
         raise CheckpointError(f"{run_dir}: no finished run of '{cfg.name}' ({where}); pass --train to train it")
-    resume = str(run_dir / LAST_NAME) if payload is not None else None
-    logger.info(f"{cfg.name}: {'resuming' if resume else 'training'} in {run_dir}")
-    train_run(cfg.copy(), out=str(run_dir), resume=resume)
-    return run_state(run_dir, cfg)
+    return str(run_dir / LAST_NAME) if payload is not None else ""
+
+
+def train_in_process(cfg: DictConfig, run_dir: Path, resume: str) -> None:
+    from avseg.engine.run import get_logger
+    from avseg.engine.trainer import train as train_run
+
+    get_logger().info(f"{cfg.name}: {'resuming' if resume else 'training'} in {run_dir}")
+    train_run(cfg.copy(), out=str(run_dir), resume=resume or None)
+
+
+def train_in_subprocesses(jobs: Sequence[Tuple[str, DictConfig, Path, str]], overrides: Sequence[str], workers: int, threads: Optional[int]) -> None:
+    """Run ``tools/train.py`` for each ``(config path, cfg, run dir, resume)``, ``workers`` at a time.
+
+    Each child trains ``--cfg PATH --out RUN --resume`` with the shared overrides (the config the
+    parent checked) and ``OMP_NUM_THREADS=threads``; its console output goes to ``RUN/train_console.txt``.
+    """
+    import subprocess
+
+    from avseg.engine.run import get_logger
+
+    logger = get_logger()
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    queue, running, failed = list(jobs), [], []
+    while queue or running:
+        while queue and len(running) < workers:
+            path, cfg, run_dir, resume = queue.pop(0)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, "-c", "from avseg.cli.train import entry; entry()",
+                       "--cfg", str(path), "--out", str(run_dir), "--resume", *overrides]
+            logger.info(f"{cfg.name}: {'resuming' if resume else 'training'} in {run_dir} (subprocess)")
+            console = open(run_dir / "train_console.txt", "a", encoding="utf-8")
+            running.append((cfg.name, run_dir, console, subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, env=env)))
+        time.sleep(1.0)
+        for item in list(running):
+            name, run_dir, console, process = item
+            if process.poll() is not None:
+                console.close()
+                running.remove(item)
+                logger.info(f"{name}: training process finished with status {process.returncode}")
+                if process.returncode != 0:
+                    failed.append(f"{name} (status {process.returncode}, see {run_dir / 'train_console.txt'})")
+    if failed:
+        raise AvsegError(f"training failed: {'; '.join(failed)}")
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -397,24 +448,29 @@ def compare(
     split: Optional[str] = None,
     fps_batches: int = 4,
     threads: Optional[int] = None,
+    jobs: int = 1,
     command: Optional[str] = None,
 ) -> List[CompareRow]:
     """Train/reuse, evaluate and tabulate every config; returns the rows written to ``out``.
 
-    ``threads`` sets torch's CPU threads for the whole comparison (restored afterwards). On a CPU shared
-    with other jobs one thread per process can be several times faster than two.
+    ``threads`` sets torch's CPU threads (restored afterwards; training subprocesses get
+    ``OMP_NUM_THREADS``). On a CPU shared with other jobs one thread per process can be several times
+    faster than two. ``jobs`` > 1 trains that many configs at once, each in a ``tools/train.py``
+    subprocess; with 1 they train one after the other in this process.
     """
     import torch
 
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads: must be at least 1, got {threads}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
     audio_modes = parse_audio_modes(audio)
     configs = load_configs(cfg_paths, overrides)
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _compare(configs, Path(out), train, audio_modes, split, fps_batches, command)
+        return _compare(configs, Path(out), list(overrides), train, audio_modes, split, fps_batches, threads, jobs, command)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -422,29 +478,44 @@ def compare(
 def _compare(
     configs: Sequence[Tuple[str, DictConfig]],
     out_dir: Path,
+    overrides: List[str],
     train: bool,
     audio_modes: Sequence[str],
     split: Optional[str],
     fps_batches: int,
+    threads: Optional[int],
+    jobs: int,
     command: Optional[str],
 ) -> List[CompareRow]:
     from avseg.engine.run import get_logger, setup_logging
     from avseg.fileio import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(out_dir)
     command = command or " ".join(shlex.quote(part) for part in ["python", "tools/compare.py", *sys.argv[1:]])
+    # Every run is checked (config, finished or not) before any training starts.
+    pending = []
+    for path, cfg in configs:
+        resume = needs_training(cfg, out_dir / cfg.name, train)
+        if resume is not None:
+            pending.append((path, cfg, out_dir / cfg.name, resume))
+    if jobs > 1 and len(pending) > 1:
+        train_in_subprocesses(pending, overrides, jobs, threads)
+    else:
+        for path, cfg, run_dir, resume in pending:
+            train_in_process(cfg, run_dir, resume)
+            setup_logging(out_dir)  # training redirected the log to the run folder
     rows: List[CompareRow] = []
     for path, cfg in configs:
-        setup_logging(out_dir)
         run_dir = out_dir / cfg.name
-        payload = ensure_trained(cfg, run_dir, train)
-        setup_logging(out_dir)  # training redirected the log to the run folder
+        payload = run_state(run_dir, cfg)
+        if payload is None or int(payload["epoch"]) < cfg.train.epochs:
+            raise CheckpointError(f"{run_dir}: training ended before epoch {cfg.train.epochs} (see {run_dir / 'log.txt'})")
         row = evaluate_run(cfg, run_dir, payload, audio_modes, split or cfg.eval.split, fps_batches)
         row.config = str(path)
         atomic_write_text(run_dir / RUN_SUMMARY, json.dumps(asdict(row), indent=2) + "\n")
         rows.append(row)
-    batch_clips = configs[0][1].eval.batch_size
-    write_outputs(rows, audio_modes, out_dir, command, batch_clips)
+    write_outputs(rows, audio_modes, out_dir, command, configs[0][1].eval.batch_size)
     get_logger().info(f"wrote {out_dir / RESULTS_MD}, {RESULTS_CSV}, {RESULTS_PNG}\n{results_table(rows, audio_modes)}")
     return rows
 
@@ -462,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", help="evaluation split (default: each config's eval.split)")
     parser.add_argument("--fps-batches", type=int, default=4, help="test batches timed for frames/s (0: skip)")
     parser.add_argument("--threads", type=int, help="torch CPU threads for training and evaluation (default: torch's)")
+    parser.add_argument("--jobs", type=int, default=1, help="configs trained at once, each in a subprocess (default 1)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides applied to every config")
     add_debug_argument(parser)
     return parser
@@ -475,7 +547,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     overrides = [item for item in args.cfgs if item not in cfgs] + list(args.overrides)
     command = " ".join(shlex.quote(part) for part in ["python", "tools/compare.py", *argv])
     compare(cfgs, args.out, overrides, train=args.train, audio=args.audio, split=args.split,
-            fps_batches=args.fps_batches, threads=args.threads, command=command)
+            fps_batches=args.fps_batches, threads=args.threads, jobs=args.jobs, command=command)
     return 0
 
 
