@@ -19,8 +19,9 @@ Usage::
         [--epochs 5] [--elbo32-epochs 20] [--iwae-samples 5000] [--iwae-images 200] [--threads 2]
         [--rows book,elbo2,pythae,elbo32]
 
-Each row writes ``<out>/<row>/result.json`` and is not recomputed on a rerun (delete it to redo the row),
-so rows may run as separate processes at once; every run prints the markdown table of the rows found and
+Each row keeps its stages (training, then each evaluation) in ``<out>/<row>/result.json``; a rerun
+skips finished stages (delete the file to redo a row) and resumes an interrupted training from its
+``last.pth``, so rows may run as separate processes at once; every run prints the markdown table of the rows found and
 writes it to ``<out>/table.md``. Times are seconds per epoch, wall clock and process CPU: training only,
 and training plus the per-epoch validation pass over the 10,000 test images.
 """
@@ -34,12 +35,15 @@ import sys
 import time
 from pathlib import Path
 
-ROWS = ("book", "elbo2", "pythae", "elbo32")
+ROWS = ("book", "elbo2", "pythae", "elbo32", "speed")
 
 
 # ----------------------------------------------------------------------------- pythae worker (its own venv)
-def pythae_worker(data_dir: str, epochs: int, threads: int, seed: int) -> None:
-    """Train pythae's VAE with the book's Fashion network; print one JSON line of timings and -ELBO."""
+def pythae_worker(data_dir: str, epochs: int, threads: int, seed: int, steps: int = 0) -> None:
+    """Train pythae's VAE with the book's Fashion network; print one JSON line of timings and -ELBO.
+
+    ``steps`` > 0: a speed probe instead, one epoch of that many batches without evaluation.
+    """
     import numpy as np
     import torch
     from pythae.models import VAE, VAEConfig
@@ -103,13 +107,19 @@ def pythae_worker(data_dir: str, epochs: int, threads: int, seed: int) -> None:
 
     train = np.load(os.path.join(data_dir, "train.npy"))
     test = np.load(os.path.join(data_dir, "test.npy"))
+    if steps:
+        train, epochs = train[: steps * 100], 1
     model = VAE(VAEConfig(input_dim=(1, 32, 32), latent_dim=2, reconstruction_loss="bce"), encoder=Encoder(), decoder=Decoder())
     config = BaseTrainerConfig(
         output_dir=os.path.join(data_dir, "pythae_run"), num_epochs=epochs, learning_rate=5e-4,
         per_device_train_batch_size=100, per_device_eval_batch_size=100, optimizer_cls="Adam", no_cuda=True, seed=seed,
     )
     timer = Timer()
-    TrainingPipeline(training_config=config, model=model)(train_data=train, eval_data=test, callbacks=[timer])
+    TrainingPipeline(training_config=config, model=model)(train_data=train, eval_data=None if steps else test, callbacks=[timer])
+    timings = {"train_s": timer.train, "epoch_s": timer.epoch, "train_cpu_s": timer.train_cpu, "epoch_cpu_s": timer.epoch_cpu}
+    if steps:
+        print(json.dumps(timings))
+        return
     model.eval()
     total = 0.0
     with torch.no_grad():
@@ -118,11 +128,9 @@ def pythae_worker(data_dir: str, epochs: int, threads: int, seed: int) -> None:
             total += model({"data": batch}).loss.item() * len(batch)
     import pythae
 
-    timings = {"train_s": timer.train, "epoch_s": timer.epoch, "train_cpu_s": timer.train_cpu, "epoch_cpu_s": timer.epoch_cpu}
     print(json.dumps({**timings, "neg_elbo": total / len(test), "version": getattr(pythae, "__version__", "0.1.2")}))
 
 
-# ----------------------------------------------------------------------------- avseg rows
 def entropy_floors(cfg) -> dict:
     """Target-entropy floors of the padded grey test set: per pixel, x500 (book) and summed (nats/image)."""
     import torch
@@ -180,32 +188,71 @@ def train_row(config: str, overrides, out: Path) -> dict:
     return {"config": config, "overrides": list(overrides), "epochs": cfg.train.epochs, **timed[0].epoch_times()}
 
 
-def evaluate_row(run: Path, binarize: str, iwae_samples: int, iwae_images: int, seed: int = 0) -> dict:
-    """The evaluator's metrics of ``run/last.pth`` on the test set, grey or binarised, with the IWAE bound."""
-    from torch.utils.data import DataLoader
+class StepTimer:
+    """A stand-in evaluator for speed probes: notes wall and CPU time at the end of the epoch, evaluates nothing."""
 
-    from avseg.config import apply_overrides
+    primary_metric, higher_is_better = "loss", False
+
+    def __init__(self):
+        self.marks = [(time.perf_counter(), time.process_time())]
+
+    def evaluate(self, model, loader, device):
+        self.marks.append((time.perf_counter(), time.process_time()))
+        return {"loss": 0.0}
+
+
+def speed_row(args, out: Path) -> dict:
+    """Interleaved short runs (``--steps`` batches, ``--rounds`` times): avseg's trainer, then pythae's."""
+    from avseg.config import load_config
+    from avseg.engine.trainer import train
+
+    python = args.pythae_python or sys.executable
+    has_pythae = subprocess.run([python, "-c", "import pythae"], capture_output=True).returncode == 0
+    overrides = [
+        "model.vae.loss=elbo", "model.vae.kl_weight=1.0", "train.epochs=1", f"train.max_steps_per_epoch={args.steps}",
+        "train.val_every=1", "train.progress=false", "train.tensorboard=false", "device=cpu",
+    ]
+    result = {"steps": args.steps, "avseg_ms": [], "avseg_cpu_ms": [], "pythae_ms": [], "pythae_cpu_ms": []}
+    for round_index in range(args.rounds):
+        timer = StepTimer()
+        train(load_config("vae/fashion_vae.yaml", overrides), out=str(out / f"avseg_{round_index}"), build_evaluator=lambda cfg: timer)
+        (start_wall, start_cpu), (end_wall, end_cpu) = timer.marks[0], timer.marks[1]
+        result["avseg_ms"].append(1000 * (end_wall - start_wall) / args.steps)
+        result["avseg_cpu_ms"].append(1000 * (end_cpu - start_cpu) / args.steps)
+        if has_pythae:
+            probe = run_pythae(python, out.parent / "pythae", 1, args.threads, steps=args.steps)
+            result["pythae_ms"].append(1000 * probe["epoch_s"][0] / args.steps)
+            result["pythae_cpu_ms"].append(1000 * probe["epoch_cpu_s"][0] / args.steps)
+    return result
+
+
+def evaluate_row(run: Path, binarize: str, iwae_samples: int = 1, iwae_images: int = 0, max_images: int = 0, seed: int = 0) -> dict:
+    """The evaluator's metrics of ``run/last.pth`` on the test set (or its first ``max_images``), grey or binarised."""
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
     from avseg.checkpoint import read_checkpoint
+    from avseg.config import apply_overrides
     from avseg.vae.data import build_vae_dataset
     from avseg.vae.evaluation import VaeEvaluator
     from avseg.vae.models import build_vae_model
 
     payload = read_checkpoint(run / "last.pth")
-    overrides = [f"data.vae.binarize={binarize}", f"model.vae.iwae_samples={max(iwae_samples, 1)}", f"model.vae.iwae_images={iwae_images}", f"seed={seed}"]
+    overrides = [f"data.vae.binarize={binarize}", f"model.vae.iwae_samples={iwae_samples}", f"model.vae.iwae_images={iwae_images}", f"seed={seed}"]
     cfg = apply_overrides(payload["config"], overrides)
     model = build_vae_model(cfg)
     model.load_state_dict(payload["model"])
-    loader = DataLoader(build_vae_dataset(cfg, "test", train=False), batch_size=100, shuffle=False)
-    import torch
-
+    dataset = build_vae_dataset(cfg, "test", train=False)
+    if max_images:
+        dataset = Subset(dataset, range(max_images))
     started = time.perf_counter()
-    metrics = VaeEvaluator(cfg).evaluate(model, loader, torch.device("cpu"))
+    metrics = VaeEvaluator(cfg).evaluate(model, DataLoader(dataset, batch_size=100, shuffle=False), torch.device("cpu"))
     metrics["eval_s"] = time.perf_counter() - started
     return metrics
 
 
-def run_pythae(python: str, out: Path, epochs: int, threads: int) -> dict:
-    """Write the padded grey data as .npy and run :func:`pythae_worker` in ``python``."""
+def run_pythae(python: str, out: Path, epochs: int, threads: int, steps: int = 0) -> dict:
+    """Write the padded grey data as .npy (once) and run :func:`pythae_worker` in ``python``."""
     import numpy as np
 
     from avseg.config import load_config
@@ -214,13 +261,17 @@ def run_pythae(python: str, out: Path, epochs: int, threads: int) -> dict:
     cfg = load_config("vae/fashion_vae.yaml")
     out.mkdir(parents=True, exist_ok=True)
     for split, name in (("train", "train.npy"), ("test", "test.npy")):
-        images = build_vae_dataset(cfg, split).images.float().div(255.0).numpy()
-        np.save(out / name, images)
-    command = [python, os.path.abspath(__file__), "--pythae-worker", str(out), "--epochs", str(epochs), "--threads", str(threads)]
+        if not (out / name).is_file():
+            np.save(out / name, build_vae_dataset(cfg, split).images.float().div(255.0).numpy())
+    command = [python, os.path.abspath(__file__), "--pythae-worker", str(out), "--epochs", str(epochs), "--threads", str(threads), "--steps", str(steps)]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if result.returncode != 0:
         raise RuntimeError(f"pythae worker failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _median(values):
+    return sorted(values)[len(values) // 2]
 
 
 def _mean(values, skip_first: bool = True):
@@ -235,19 +286,25 @@ def format_table(results: dict, args) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
 
-    def iwae(metrics):
+    def iwae(row):
+        metrics = row["binary"]
         if "iwae_nll" not in metrics:
             return "–"
-        return f"{metrics['iwae_nll']:.1f} (K={int(metrics['iwae_samples'])}, first {int(metrics['iwae_images'])} images)"
+        text = f"{metrics['iwae_nll']:.1f} (K={int(metrics['iwae_samples'])}, first {int(metrics['iwae_images'])} images"
+        if "binary_first" in row:
+            text += f"; their -ELBO {row['binary_first']['neg_elbo']:.1f}"
+        return text + ")"
 
     def times(row):
+        if not row.get("train_s"):  # a training resumed after its last epoch has no timings
+            return "– | –"
         return f"{_mean(row['train_s']):.0f} / {_mean(row['train_cpu_s']):.0f} | {_mean(row['epoch_s']):.0f} / {_mean(row['epoch_cpu_s']):.0f}"
 
     if "book" in results:
         row = results["book"]
         grey, binary = row["grey"], row["binary"]
         book = f"{grey['loss']:.1f} = {grey['reconstruction_loss']:.1f} + {grey['kl_loss']:.2f}"
-        lines.append(f"| book VAE: 2-D, 500 x mean BCE + KL | {row['epochs']} | {book} | {grey['neg_elbo']:.1f} | {binary['neg_elbo']:.1f} | {iwae(binary)} | {times(row)} |")
+        lines.append(f"| book VAE: 2-D, 500 x mean BCE + KL | {row['epochs']} | {book} | {grey['neg_elbo']:.1f} | {binary['neg_elbo']:.1f} | {iwae(row)} | {times(row)} |")
     if "elbo2" in results:
         row = results["elbo2"]
         lines.append(f"| avseg VAE, pythae's settings: 2-D, summed BCE + KL | {row['epochs']} | – | {row['grey']['neg_elbo']:.1f} | – | – | {times(row)} |")
@@ -257,7 +314,7 @@ def format_table(results: dict, args) -> str:
     if "elbo32" in results:
         row = results["elbo32"]
         binary = row["binary"]
-        lines.append(f"| Bernoulli VAE: 32-D, summed BCE + KL, dynamically binarised | {row['epochs']} | – | – | {binary['neg_elbo']:.1f} | {iwae(binary)} | {times(row)} |")
+        lines.append(f"| Bernoulli VAE: 32-D, summed BCE + KL, dynamically binarised | {row['epochs']} | – | – | {binary['neg_elbo']:.1f} | {iwae(row)} | {times(row)} |")
     notes = []
     floors = results.get("floors")
     if floors:
@@ -269,6 +326,12 @@ def format_table(results: dict, args) -> str:
         ours, theirs = results["elbo2"], results["pythae"]
         ratios = [_mean(theirs[key]) / _mean(ours[key]) for key in ("train_s", "train_cpu_s", "epoch_s", "epoch_cpu_s")]
         notes.append("Speed, pythae time / avseg time per epoch: training {:.2f}x wall, {:.2f}x CPU; with validation {:.2f}x wall, {:.2f}x CPU.".format(*ratios))
+    if "speed" in results:
+        row = results["speed"]
+        text = f"Speed probe ({len(row['avseg_ms'])} interleaved runs of {row['steps']} batches, median): avseg {_median(row['avseg_ms']):.0f} ms/step wall, {_median(row['avseg_cpu_ms']):.0f} CPU"
+        if row["pythae_ms"]:
+            text += f"; pythae {_median(row['pythae_ms']):.0f} wall, {_median(row['pythae_cpu_ms']):.0f} CPU; ratio {_median(row['pythae_ms']) / _median(row['avseg_ms']):.2f}x wall, {_median(row['pythae_cpu_ms']) / _median(row['avseg_cpu_ms']):.2f}x CPU"
+        notes.append(text + ".")
     threads = sorted({row.get("threads", args.threads) for key, row in results.items() if key != "floors"})
     notes.append(f"Times: mean over epochs 2..n (epoch 1 includes warm-up), {'/'.join(map(str, threads))} torch thread(s). Binarised: one fixed Bernoulli draw of the test images (seed 0).")
     return "\n".join(lines + [""] + notes)
@@ -283,11 +346,13 @@ def main(argv=None) -> int:
     parser.add_argument("--iwae-samples", type=int, default=5000)
     parser.add_argument("--iwae-images", type=int, default=200, help="test images that get the IWAE bound (each costs K decoder passes)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=200, help="batches per run of the 'speed' row (interleaved avseg/pythae runs)")
+    parser.add_argument("--rounds", type=int, default=3, help="avseg/pythae run pairs of the 'speed' row")
     parser.add_argument("--pythae-python", help="python of a venv with pythae 0.1.2 installed (default: this one, if it imports pythae)")
     parser.add_argument("--pythae-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.pythae_worker:
-        pythae_worker(args.pythae_worker, args.epochs, args.threads, seed=8)
+        pythae_worker(args.pythae_worker, args.epochs, args.threads, seed=8, steps=args.steps)
         return 0
 
     import torch
@@ -305,26 +370,42 @@ def main(argv=None) -> int:
     epochs = f"train.epochs={args.epochs}"
     for row in rows:
         result_path = out / row / "result.json"
-        if result_path.is_file():
-            continue
-        started = time.perf_counter()
-        if row == "book":
-            result = train_row("vae/fashion_vae.yaml", [epochs], out / row)
-            result["grey"] = evaluate_row(out / row, "none", 1, 0)
-            result["binary"] = evaluate_row(out / row, "dynamic", *iwae)
-        elif row == "elbo2":
-            result = train_row("vae/fashion_vae.yaml", [epochs, "model.vae.loss=elbo", "model.vae.kl_weight=1.0"], out / row)
-            result["grey"] = evaluate_row(out / row, "none", 1, 0)
+        result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+        stages = {
+            "book": ("vae/fashion_vae.yaml", [epochs], ("grey", "binary", "binary_first")),
+            "elbo2": ("vae/fashion_vae.yaml", [epochs, "model.vae.loss=elbo", "model.vae.kl_weight=1.0"], ("grey",)),
+            "elbo32": ("vae/fashion_vae_elbo32.yaml", [f"train.epochs={args.elbo32_epochs}", "model.vae.iwae_images=0"], ("binary", "binary_first")),
+        }
+        if row == "speed":
+            if not result:
+                result = {**speed_row(args, out / row), "threads": args.threads}
         elif row == "pythae":
+            if result:
+                continue
             python = args.pythae_python or sys.executable
             if subprocess.run([python, "-c", "import pythae"], capture_output=True).returncode != 0:
                 print(f"pythae row skipped: '{python}' cannot import pythae (pass --pythae-python of a venv with pythae 0.1.2)")
                 continue
+            started = time.perf_counter()
             result = run_pythae(python, out / row, args.epochs, args.threads)
+            result.update(wall_s=time.perf_counter() - started, threads=args.threads)
         else:
-            result = train_row("vae/fashion_vae_elbo32.yaml", [f"train.epochs={args.elbo32_epochs}", "model.vae.iwae_images=0"], out / row)
-            result["binary"] = evaluate_row(out / row, "dynamic", *iwae)
-        result.update(wall_s=time.perf_counter() - started, threads=args.threads)
+            config, overrides, evaluations = stages[row]
+            if "train_s" not in result:
+                started = time.perf_counter()
+                result = train_row(config, overrides, out / row)
+                result.update(wall_s=time.perf_counter() - started, threads=args.threads)
+            for name in evaluations:
+                if name in result:
+                    continue
+                if name == "grey":
+                    result[name] = evaluate_row(out / row, "none")
+                elif name == "binary":
+                    result[name] = evaluate_row(out / row, "dynamic", *iwae)
+                else:  # the -ELBO of the images that got the IWAE bound, for a like-for-like gap
+                    result[name] = evaluate_row(out / row, "dynamic", max_images=args.iwae_images)
+                result_path.parent.mkdir(parents=True, exist_ok=True)
+                result_path.write_text(json.dumps(result, indent=2) + "\n")
         result_path.parent.mkdir(parents=True, exist_ok=True)
         result_path.write_text(json.dumps(result, indent=2) + "\n")
     results = {row: json.loads((out / row / "result.json").read_text()) for row in ROWS if (out / row / "result.json").is_file()}

@@ -216,3 +216,23 @@ def test_bad_weight_files_give_clear_errors(tmp_path):
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_model(tmp_path / "garbage.pth")
+
+
+def test_eval_load_reads_official_weights_without_the_backbone_file(tmp_path, synthetic_s4_root):
+    import json
+
+    from avseg.cli.eval import main as eval_main
+
+    official = tmp_path / "S4_best.pth"
+    torch.save(official_state_dict(make_model("resnet18", seed=4)), official)
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(
+        "model: {name: tpavi, backbone: {name: resnet18, weights: /nonexistent/resnet18.pth},"
+        " audio: {name: small, freeze: false}, neck_channels: 16}\n"
+        f"data: {{root: {synthetic_s4_root}, image_size: 64, num_workers: 0}}\n"
+        "eval: {split: test, batch_size: 2}\ndevice: cpu\n"
+    )
+    out = tmp_path / "eval"
+    assert eval_main(["--cfg", str(cfg_file), "--load", str(official), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["results"]["normal"]["metrics"]
+    assert 0.0 <= metrics["miou"] <= 1.0

@@ -1,4 +1,5 @@
 """The synthetic AVSBench: official layout, determinism, and a task that only sound can solve."""
+import colorsys
 import json
 
 import av
@@ -71,7 +72,7 @@ def test_ms3_changing_mixtures_and_silent_seconds():
     silent_seconds = 0
     for clip in rendered:
         sounding = {o["category"] for o in clip.objects if o["sounding"]}
-        assert 2 <= len(sounding) <= 3
+        assert 2 <= len(sounding) <= 3 and 1 <= len(clip.objects) - len(sounding) <= 2  # silent objects in every clip
         assert set().union(*map(set, clip.audible)) == sounding  # every source is heard at some point
         for second, audible in enumerate(clip.audible):
             assert set(audible) <= sounding
@@ -79,6 +80,24 @@ def test_ms3_changing_mixtures_and_silent_seconds():
             silent_seconds += not audible
     assert silent_seconds > 0
     assert sum(len({tuple(a) for a in clip.audible}) > 1 for clip in rendered) >= 25  # the audible set changes
+
+
+def sounder_hue_offsets(colours):
+    """Circular distance [clips] between each S4 sounder's hue and its category's hue c / 8."""
+    offsets = []
+    for clip in [render_clip(np.random.default_rng([3, i]), "s4", 48, colours=colours) for i in range(30)]:
+        red, green, blue = clip.frames[0][clip.masks[0]][0] / 255.0
+        hue = colorsys.rgb_to_hsv(red, green, blue)[0]
+        offset = abs(hue - CATEGORIES.index(clip.category) / len(CATEGORIES))
+        offsets.append(min(offset, 1.0 - offset))
+    return np.array(offsets)
+
+
+def test_category_colours_tie_hue_to_category_and_random_colours_do_not():
+    assert sounder_hue_offsets("category").max() <= 1 / 64 + 0.01  # ±1/64 jitter, 8-bit rounding
+    assert (sounder_hue_offsets("random") > 1 / 32).mean() > 0.5
+    with pytest.raises(DatasetError, match="colour mode"):
+        render_clip(np.random.default_rng(0), "s4", 48, colours="rainbow")
 
 
 def test_sound_tells_the_category():

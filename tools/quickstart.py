@@ -4,7 +4,7 @@
 Steps (each a command you can run yourself; they are printed as they run):
 
 1. ``tools/make_synthetic.py``: a synthetic AVSBench S4 (official layout, raw mp4s with sound);
-2. ``tools/train.py``: train ``configs/synthetic/s4_ecmvae.yaml`` (ECMVAE, small backbone);
+2. ``tools/train.py``: train ``configs/synthetic/s4_ecmvae_demo.yaml`` (ECMVAE, small backbone);
 3. ``tools/eval.py``: the AVSBench mIoU / F-score table on the test split, ``metrics.json``;
 4. ``tools/demo.py``: segment a held-out test mp4: overlay video with its sound, PNG strip.
 
@@ -12,7 +12,7 @@ Everything goes to ``runs/quickstart/`` (``make clean`` removes it). A step whos
 skipped, training resumes from ``last.pth``, so an interrupted ``make demo`` continues where it stopped.
 A step whose tool or config is not in this checkout is reported as missing; nothing is made up.
 
-    python tools/quickstart.py [--out runs/quickstart] [--videos 60] [--device auto]
+    python tools/quickstart.py [--out runs/quickstart] [--device auto]
 """
 from __future__ import annotations
 
@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = Path("configs/synthetic/s4_ecmvae.yaml")
+CONFIG = Path("configs/synthetic/s4_ecmvae_demo.yaml")
+SPLIT_SIZES = "20,300,30"  # train (first frame annotated), val (all frames: the config trains on them), test
+FRAME_SIZE = 128  # pixels of the generated frames and videos; the model sees data.image_size
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
-    parser.add_argument("--videos", type=int, default=60, help="synthetic clips, split 70/15/15 (default 60, sized for a 10-minute CPU budget)")
     parser.add_argument("--device", default="auto", help="device for training, evaluation and the demo")
     return parser.parse_args(argv)
 
@@ -77,7 +78,7 @@ class Quickstart:
         print(f"\n========== [{number}/4] {title}", flush=True)
 
     # ------------------------------------------------------------------ steps
-    def make_data(self, image_size: int) -> bool:
+    def make_data(self) -> bool:
         self.header(1, "synthetic S4 data")
         done = self.data / "Single-source" / "synthetic_meta.json"
         if done.is_file():
@@ -88,7 +89,7 @@ class Quickstart:
             print("[quickstart] MISSING tools/make_synthetic.py: cannot generate the synthetic set")
             return False
         return self.run("synthetic data", [sys.executable, tool, "--task", "s4", "--out", self.data,
-                                           "--videos", self.args.videos, "--size", image_size, "--seed", 0,
+                                           "--split-sizes", SPLIT_SIZES, "--size", FRAME_SIZE, "--seed", 0,
                                            "--no-progress"])
 
     def train(self, epochs: int) -> Optional[Path]:
@@ -158,7 +159,7 @@ class Quickstart:
         cfg = load_config(ROOT / CONFIG)
         checkpoint = metrics = None
         demo_outputs: List[Path] = []
-        if self.make_data(int(cfg.data.image_size)):
+        if self.make_data():
             checkpoint = self.train(int(cfg.train.epochs))
         if checkpoint is not None and checkpoint.is_file():
             metrics = self.evaluate(checkpoint)

@@ -166,7 +166,9 @@ def train_in_process(cfg: DictConfig, run_dir: Path, resume: str) -> None:
     train_run(cfg.copy(), out=str(run_dir), resume=resume or None)
 
 
-def train_in_subprocesses(jobs: Sequence[Tuple[str, DictConfig, Path, str]], overrides: Sequence[str], workers: int, threads: Optional[int]) -> None:
+def train_in_subprocesses(
+    jobs: Sequence[Tuple[str, DictConfig, Path, str]], overrides: Sequence[str], workers: int, threads: Optional[int]
+) -> None:
     """Run ``tools/train.py`` for each ``(config path, cfg, run dir, resume)``, ``workers`` at a time.
 
     Each child trains ``--cfg PATH --out RUN --resume`` with the shared overrides (the config the
@@ -189,7 +191,12 @@ def train_in_subprocesses(jobs: Sequence[Tuple[str, DictConfig, Path, str]], ove
                        "--cfg", str(path), "--out", str(run_dir), "--resume", *overrides]
             logger.info(f"{cfg.name}: {'resuming' if resume else 'training'} in {run_dir} (subprocess)")
             console = open(run_dir / "train_console.txt", "a", encoding="utf-8")
-            running.append((cfg.name, run_dir, console, subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, env=env)))
+            try:
+                process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, env=env)
+            except OSError:
+                console.close()
+                raise
+            running.append((cfg.name, run_dir, console, process))
         time.sleep(1.0)
         for item in list(running):
             name, run_dir, console, process = item
@@ -226,11 +233,11 @@ def measure_fps(model, loader, device, batches: int, warmup: int = 1) -> float:
         cached.append({key: batch[key].to(device) for key in keys})
         if len(cached) >= batches + warmup:
             break
-    timed = cached[warmup:] if len(cached) > warmup else cached
+    warm, timed = (cached[:warmup], cached[warmup:]) if len(cached) > warmup else ([], cached)
     synchronize = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     model.eval()
     with torch.no_grad():
-        for inputs in cached[: len(cached) - len(timed)]:
+        for inputs in warm:
             model(**inputs)
         synchronize()
         start = time.perf_counter()
@@ -243,7 +250,7 @@ def measure_fps(model, loader, device, batches: int, warmup: int = 1) -> float:
 
 
 def evaluate_run(
-    cfg: DictConfig, run_dir: Path, payload: Dict[str, Any], audio_modes: Sequence[str], split: str, fps_batches: int
+    config_path: str, cfg: DictConfig, run_dir: Path, payload: Dict[str, Any], audio_modes: Sequence[str], split: str, fps_batches: int
 ) -> CompareRow:
     """Evaluate the run's best (else last) checkpoint with every audio mode; write ``eval_<split>/metrics.json``."""
     import torch
@@ -260,7 +267,7 @@ def evaluate_run(
     ctx = DistContext(device=device)
     checkpoint = run_dir / BEST_NAME if (run_dir / BEST_NAME).is_file() else run_dir / LAST_NAME
     model = load_model(checkpoint, device)
-    best_payload_epoch = int(payload["best_epoch"]) if checkpoint.name == BEST_NAME and payload.get("best_epoch") else int(payload["epoch"])
+    evaluated_epoch = int(payload["best_epoch"]) if checkpoint.name == BEST_NAME and payload.get("best_epoch") else int(payload["epoch"])
     eval_cfg = cfg.copy()
     eval_cfg.eval.split = split
     eval_dir = run_dir / f"eval_{split}"
@@ -282,11 +289,11 @@ def evaluate_run(
     history = list(payload.get("history") or [])
     return CompareRow(
         name=cfg.name,
-        config="",
+        config=str(config_path),
         task=str(cfg.data.task),
         split=split,
         checkpoint=str(checkpoint),
-        epoch=best_payload_epoch,
+        epoch=evaluated_epoch,
         epochs=int(payload["epoch"]),
         steps=int(payload["step"]),
         params=params,
@@ -332,8 +339,7 @@ def _duration(seconds: float) -> str:
 def results_table(rows: Sequence[CompareRow], audio_modes: Sequence[str]) -> str:
     """The Markdown table: official and batch-independent mIoU/F, counterfactual mIoU, costs."""
     counterfactual = [mode for mode in audio_modes if mode != "normal"]
-    batch = "official"
-    header = ["config", f"mIoU ({batch})", f"F ({batch})", "mIoU (batch-indep.)", "F (batch-indep.)"]
+    header = ["config", "mIoU (official)", "F (official)", "mIoU (batch-indep.)", "F (batch-indep.)"]
     for mode in counterfactual:
         header += [f"mIoU {mode} audio", f"Δ mIoU {mode}"]
     header += ["params (M)", "train time", "inference fps"]
@@ -466,6 +472,11 @@ def compare(
         raise ConfigError(f"--jobs: must be at least 1, got {jobs}")
     audio_modes = parse_audio_modes(audio)
     configs = load_configs(cfg_paths, overrides)
+    if command is None:
+        options = (["--train"] if train else []) + ["--audio", ",".join(audio_modes)] + (["--split", split] if split else [])
+        options += (["--threads", str(threads)] if threads else []) + (["--jobs", str(jobs)] if jobs > 1 else [])
+        parts = ["python", "tools/compare.py", "--cfgs", *cfg_paths, *options, "--out", str(out), *overrides]
+        command = " ".join(shlex.quote(part) for part in parts)
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -485,14 +496,13 @@ def _compare(
     fps_batches: int,
     threads: Optional[int],
     jobs: int,
-    command: Optional[str],
+    command: str,
 ) -> List[CompareRow]:
     from avseg.engine.run import get_logger, setup_logging
     from avseg.fileio import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(out_dir)
-    command = command or " ".join(shlex.quote(part) for part in ["python", "tools/compare.py", *sys.argv[1:]])
     # Every run is checked (config, finished or not) before any training starts.
     pending = []
     for path, cfg in configs:
@@ -511,8 +521,7 @@ def _compare(
         payload = run_state(run_dir, cfg)
         if payload is None or int(payload["epoch"]) < cfg.train.epochs:
             raise CheckpointError(f"{run_dir}: training ended before epoch {cfg.train.epochs} (see {run_dir / 'log.txt'})")
-        row = evaluate_run(cfg, run_dir, payload, audio_modes, split or cfg.eval.split, fps_batches)
-        row.config = str(path)
+        row = evaluate_run(path, cfg, run_dir, payload, audio_modes, split or cfg.eval.split, fps_batches)
         atomic_write_text(run_dir / RUN_SUMMARY, json.dumps(asdict(row), indent=2) + "\n")
         rows.append(row)
     write_outputs(rows, audio_modes, out_dir, command, configs[0][1].eval.batch_size)

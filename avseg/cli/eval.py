@@ -102,9 +102,11 @@ def _resolve(args: argparse.Namespace):
 
         def load_official():
             from avseg.engine.run import get_logger
-            from avseg.models import build_model, load_weights
+            from avseg.models import load_weights
+            from avseg.models.factory import build_model_for_checkpoint
 
-            model = build_model(cfg)
+            # Official files hold the backbone (no pretrained backbone file needed), but not VGGish.
+            model = build_model_for_checkpoint(cfg, keep_audio_weights=True)
             get_logger().info(load_weights(model, args.load).describe())
             return model
 

@@ -16,7 +16,7 @@ import time
 from typing import List
 
 from avseg.cli.common import add_debug_argument, run_cli
-from avseg.data.synthetic import make_synthetic
+from avseg.data.synthetic import COLOUR_MODES, make_synthetic
 
 
 def _split_sizes(text: str) -> List[int]:
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=224, help="frame size in pixels (even; default 224)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layout", choices=("v1", "semantic"), default="v1")
+    parser.add_argument("--colours", choices=COLOUR_MODES, default="category",
+                        help="category: one hue per category (default); random: random hues, only shapes tell categories apart")
     parser.add_argument("--no-videos", action="store_true", help="skip raw_videos/*.mp4 (faster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_debug_argument(parser)
@@ -49,7 +51,7 @@ def main(argv: List[str]) -> int:
     start = time.perf_counter()
     root = make_synthetic(args.out, task=args.task, num_videos=args.videos, size=args.size, seed=args.seed,
                           layout=args.layout, split_sizes=args.split_sizes, write_videos=not args.no_videos,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, colours=args.colours)
     print(f"wrote synthetic {args.task} ({args.layout} layout) to {root} in {time.perf_counter() - start:.1f} s")
     return 0
 

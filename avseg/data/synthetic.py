@@ -2,15 +2,20 @@
 that a model uses sound.
 
 Every clip shows solid shapes of distinct categories (disc, square, triangle, cross, ring, diamond,
-horizontal bar, vertical bar) in random saturated colours on a plain low-saturation background, at
-random positions, moving a little from second to second (the scene is still within each second). Every
+horizontal bar, vertical bar) in saturated colours on a plain low-saturation background, at random
+positions, moving a little from second to second (the scene is still within each second). Every
 category has its own loud sound: a tone at ``220 * 2**(c / 2)`` Hz with a category-specific harmonic
 pattern and amplitude-modulation rate. The sound says WHICH category is audible, never where it is; all
-objects are drawn from the same size and colour distributions, so a model that ignores the audio
-cannot tell the sounding object from the silent ones.
+objects are drawn from the same size distribution and every clip shows distinct categories, so a model
+that ignores the audio cannot tell the sounding object from the silent ones.
+
+Colours (``colours``): ``category`` (default) gives each category its own hue (one eighth of the colour
+wheel, ±1/64 jitter; random saturation and value), so a network trained from scratch can link a sound to
+an object from its colour as well as its shape; ``random`` draws every hue at random, so only the shape
+identifies the category (much harder to learn within a CPU budget, see docs/results.md).
 
 * S4: one object sounds for the whole clip; most clips (90 %) add 1-3 silent objects of other categories.
-* MS3 (and semantic v2): 2-3 sounding objects (plus a silent one in half the clips); each second a random
+* MS3 (and semantic v2): 2-3 sounding objects plus 1-2 silent ones; each second a random
   subset of them is audible and their sounds are mixed; some seconds are silent (empty masks).
 
 Masks are the visible pixels of the objects audible in that second. Files written: the meta CSV,
@@ -65,7 +70,8 @@ TASK_IDS = {"s4": 4, "ms3": 3, "v2": 2}
 TASK_SECONDS = {"s4": 5, "ms3": 5, "v2": 10}
 VIDEO_FPS = 8
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+COLOUR_MODES = ("category", "random")
 
 
 @dataclass
@@ -183,15 +189,18 @@ def _audible_schedule(rng: np.random.Generator, num_sources: int, num_seconds: i
     return schedule
 
 
-def render_clip(rng: np.random.Generator, task: str, size: int, video_id: str = "", split: str = "") -> SyntheticClip:
-    """Draw one clip of ``task`` (s4 | ms3 | v2) at ``size`` × ``size`` pixels."""
+def render_clip(rng: np.random.Generator, task: str, size: int, video_id: str = "", split: str = "",
+                colours: str = "category") -> SyntheticClip:
+    """Draw one clip of ``task`` (s4 | ms3 | v2) at ``size`` × ``size`` pixels; ``colours``: category | random."""
+    if colours not in COLOUR_MODES:
+        raise DatasetError(f"unknown synthetic colour mode '{colours}' (expected one of {COLOUR_MODES})")
     num_seconds = TASK_SECONDS[task]
     if task == "s4":
         num_sources = 1
         num_objects = 1 + int(rng.integers(1, 4)) if rng.random() < 0.9 else 1
     else:
         num_sources = int(rng.integers(2, 4))
-        num_objects = min(4, num_sources + int(rng.random() < 0.5))
+        num_objects = num_sources + 1 + int(rng.random() < 0.5)
     categories = rng.choice(len(CATEGORIES), size=num_objects, replace=False)
     sounding = np.zeros(num_objects, dtype=bool)
     sounding[rng.choice(num_objects, size=num_sources, replace=False)] = True
@@ -200,7 +209,11 @@ def render_clip(rng: np.random.Generator, task: str, size: int, video_id: str = 
     audible[:, np.flatnonzero(sounding)] = schedule
 
     background = _hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.25), rng.uniform(0.2, 0.8))
-    colours = [_hsv_to_rgb(rng.random(), rng.uniform(0.65, 1.0), rng.uniform(0.65, 1.0)) for _ in range(num_objects)]
+    if colours == "category":
+        hues = (categories + rng.uniform(-0.125, 0.125, num_objects)) / len(CATEGORIES) % 1.0
+    else:
+        hues = rng.random(num_objects)
+    rgb = [_hsv_to_rgb(hue, rng.uniform(0.65, 1.0), rng.uniform(0.65, 1.0)) for hue in hues]
     placements = _place_objects(rng, num_objects, size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
 
@@ -214,7 +227,7 @@ def render_clip(rng: np.random.Generator, task: str, size: int, video_id: str = 
         frames[second] = background
         for obj in range(num_objects):
             pixels = shape_mask(CATEGORIES[categories[obj]], xx, yy, centres[obj, 0], centres[obj, 1], radii[obj])
-            frames[second][pixels] = colours[obj]
+            frames[second][pixels] = rgb[obj]
             labels[second][pixels] = categories[obj] + 1 if audible[second, obj] else 0
 
     num_samples = num_seconds * SAMPLE_RATE
@@ -375,6 +388,7 @@ def make_synthetic(
     split_sizes: Optional[Sequence[int]] = None,
     write_videos: bool = True,
     progress: bool = False,
+    colours: str = "category",
 ) -> Path:
     """Write a synthetic AVSBench ``task`` into ``out`` and return ``out``.
 
@@ -382,13 +396,15 @@ def make_synthetic(
     :class:`~avseg.data.AVSBenchDataset`. Semantic layout: ``out/metadata.csv`` plus ``out/v1s`` (s4),
     ``out/v1m`` (ms3) or ``out/v2`` (v2, 10 s clips); rows of other sets already in metadata.csv are kept.
     ``split_sizes`` (train, val, test) overrides ``num_videos``. Clip ``i`` depends only on
-    ``(seed, task, i)``. ``write_videos=False`` skips the raw mp4s (faster, for tests).
+    ``(seed, task, i, colours)``. ``write_videos=False`` skips the raw mp4s (faster, for tests).
     """
     if layout not in ("v1", "semantic"):
         raise DatasetError(f"unknown layout '{layout}' (expected v1 or semantic)")
     valid_tasks = ("s4", "ms3") if layout == "v1" else ("s4", "ms3", "v2")
     if task not in valid_tasks:
         raise DatasetError(f"unknown synthetic task '{task}' for the {layout} layout (expected one of {valid_tasks})")
+    if colours not in COLOUR_MODES:
+        raise DatasetError(f"unknown synthetic colour mode '{colours}' (expected one of {COLOUR_MODES})")
     if size < 32:
         raise DatasetError(f"synthetic frames must be at least 32 px, got {size}")
     if write_videos and size % 2:
@@ -409,16 +425,16 @@ def make_synthetic(
         indices = tqdm(indices, desc=f"synthetic {task}", unit="clip")
     with single_threaded_torch():
         for index in indices:
-            _generate_one(out, task, layout, label_set, index, splits[index], size, seed, write_videos, rows, info)
-    _write_index(out, task, layout, label_set, seed, size, rows, info)
+            _generate_one(out, task, layout, label_set, index, splits[index], size, seed, colours, write_videos, rows, info)
+    _write_index(out, task, layout, label_set, seed, size, colours, rows, info)
     return out
 
 
 def _generate_one(out: Path, task: str, layout: str, label_set: Optional[str], index: int, split: str, size: int,
-                  seed: int, write_videos: bool, rows: List[List[str]], info: Dict[str, object]) -> None:
+                  seed: int, colours: str, write_videos: bool, rows: List[List[str]], info: Dict[str, object]) -> None:
     """Render clip ``index`` and write its files; append its index row and metadata."""
     video_id = f"syn_{label_set or task}_{index:05d}"
-    clip = render_clip(np.random.default_rng([seed, TASK_IDS[task], index]), task, size, video_id, split)
+    clip = render_clip(np.random.default_rng([seed, TASK_IDS[task], index]), task, size, video_id, split, colours)
     if layout == "v1":
         record = v1_clip_record(out, task, video_id, split, clip.category if task == "s4" else "")
         rows.append([video_id, "0", clip.category, split] if task == "s4" else [video_id, split])
@@ -429,11 +445,11 @@ def _generate_one(out: Path, task: str, layout: str, label_set: Optional[str], i
     info[video_id] = {"split": split, "objects": clip.objects, "audible": clip.audible}
 
 
-def _write_index(out: Path, task: str, layout: str, label_set: Optional[str], seed: int, size: int,
+def _write_index(out: Path, task: str, layout: str, label_set: Optional[str], seed: int, size: int, colours: str,
                  rows: List[List[str]], info: Dict[str, object]) -> None:
     """The meta CSV (v1) or metadata.csv + label2idx.json (semantic), and synthetic_meta.json."""
     meta = {"generator": "avseg.data.synthetic", "version": GENERATOR_VERSION, "task": task, "layout": layout,
-            "seed": seed, "size": size, "categories": list(CATEGORIES), "clips": info}
+            "seed": seed, "size": size, "colours": colours, "categories": list(CATEGORIES), "clips": info}
     if layout == "v1":
         header = ["name", "start_time", "category", "split"] if task == "s4" else ["video_id", "split"]
         _write_csv(v1_csv_path(out, task), header, rows)
@@ -467,4 +483,4 @@ def _write_csv(path: Path, header: List[str], rows: List[List[str]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-__all__ = ["CATEGORIES", "SyntheticClip", "make_synthetic", "render_clip", "split_sizes_for"]
+__all__ = ["CATEGORIES", "COLOUR_MODES", "SyntheticClip", "make_synthetic", "render_clip", "split_sizes_for"]
