@@ -16,7 +16,7 @@ Rows (each model trained through ``avseg.engine.trainer.train``, the function be
 Usage::
 
     python benchmarks/vae_numbers.py --out runs/vae_numbers [--pythae-python /tmp/pythae-venv/bin/python]
-        [--epochs 5] [--elbo32-epochs 20] [--iwae-samples 5000] [--iwae-images 200] [--threads 2]
+        [--epochs 5] [--elbo32-epochs 10] [--iwae-samples 5000] [--iwae-images 200] [--threads 2]
         [--rows book,elbo2,pythae,elbo32]
 
 Each row keeps its stages (training, then each evaluation) in ``<out>/<row>/result.json``; a rerun

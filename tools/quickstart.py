@@ -5,7 +5,8 @@ Steps (each a command you can run yourself; they are printed as they run):
 
 1. ``tools/make_synthetic.py``: a synthetic AVSBench S4 (official layout, raw mp4s with sound);
 2. ``tools/train.py``: train ``configs/synthetic/s4_ecmvae_demo.yaml`` (ECMVAE, small backbone);
-3. ``tools/eval.py``: the AVSBench mIoU / F-score table on the test split, ``metrics.json``;
+3. ``tools/eval.py``: the AVSBench mIoU / F-score table on the test split with the clips' own sound and
+   with shuffled sound, ``metrics.json``;
 4. ``tools/demo.py``: segment a held-out test mp4: overlay video with its sound, PNG strip.
 
 Everything goes to ``runs/quickstart/`` (``make clean`` removes it). A step whose outputs exist is
@@ -118,7 +119,8 @@ class Quickstart:
         if tool is None:
             print("[quickstart] MISSING tools/eval.py: no mIoU / F-score table")
             return None
-        ok = self.run("evaluation", [sys.executable, tool, "--ckpt", checkpoint, "--out", self.eval_dir,
+        # Shuffled audio (each test clip gets another clip's sound) shows how much the model relies on sound.
+        ok = self.run("evaluation", [sys.executable, tool, "--ckpt", checkpoint, "--out", self.eval_dir, "--audio", "normal,shuffle",
                                      f"data.root={self.data}", f"device={self.args.device}"])
         if ok and not metrics.is_file():
             self.failed.append(f"evaluation (it did not write {metrics})")
