@@ -92,3 +92,14 @@ def synthetic_s4_root(tmp_path_factory):
 def synthetic_ms3_root(tmp_path_factory):
     """Root (holds ``Multi-sources/``) of a tiny synthetic MS3 in the official v1 layout: 64 px, 4/2/2 clips, no raw mp4s."""
     return _make_synthetic_fixture(tmp_path_factory, "ms3")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch thread (tiny models: as fast, and no OpenMP barrier stalls when busy)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

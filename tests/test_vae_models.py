@@ -17,13 +17,7 @@ from avseg.vae.models import ConvAutoencoder, FacesVAE, FashionVAE, NarrowConv2d
 FASHION_PRESENT = Path(FASHION_MNIST_DEBIAN_ROOT, "t10k-images-idx3-ubyte.gz").is_file()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is as fast and avoids OpenMP barrier stalls on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is as fast
 
 
 def _counts(module):

@@ -13,13 +13,7 @@ from avseg.vae import explore
 from avseg.vae.models import build_vae_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is as fast and avoids OpenMP barrier stalls on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is as fast
 
 
 def _checkpoint(folder, config, overrides):

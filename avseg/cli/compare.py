@@ -259,7 +259,8 @@ def evaluate_run(
     from avseg.engine.distributed import DistContext
     from avseg.engine.run import get_logger, select_device
     from avseg.engine.trainer import BEST_NAME, LAST_NAME, build_eval_loader
-    from avseg.evaluation import AVSBenchEvaluator, with_audio_mode, write_metrics_json
+    from avseg.cli.eval import evaluate_audio_modes
+    from avseg.evaluation import write_metrics_json
     from avseg.models import load_model
 
     logger = get_logger()
@@ -273,17 +274,11 @@ def evaluate_run(
     eval_dir = run_dir / f"eval_{split}"
     meta = {"name": cfg.name, "dataset": cfg.data.name, "task": cfg.data.task, "split": split,
             "data_root": cfg.data.root, "checkpoint": str(checkpoint)}
-    results = []
-    fps = float("nan")
-    for mode in audio_modes:
-        eval_cfg.eval.audio = mode
-        dataset = with_audio_mode(build_dataset(eval_cfg, split, train=False), mode, eval_cfg.eval.shuffle_seed)
-        loader = build_eval_loader(dataset, eval_cfg.eval.batch_size, eval_cfg, ctx)
-        evaluator = AVSBenchEvaluator.from_config(eval_cfg, out_dir=str(eval_dir), meta={**meta, "config": config_to_dict(eval_cfg)})
-        logger.info(f"{cfg.name}: evaluating {checkpoint.name} on {len(dataset)} '{split}' clips, audio '{mode}'")
-        results.append(evaluator.run(model, loader, device))
-        if mode == "normal":
-            fps = measure_fps(model, loader, device, fps_batches)
+    logger.info(f"{cfg.name}: evaluating {checkpoint}")
+    results = evaluate_audio_modes(model, eval_cfg, split, audio_modes, ctx, eval_dir, meta)
+    eval_cfg.eval.audio = "normal"
+    fps = measure_fps(model, build_eval_loader(build_dataset(eval_cfg, split, train=False), eval_cfg.eval.batch_size, eval_cfg, ctx),
+                      device, fps_batches)
     write_metrics_json(eval_dir / "metrics.json", results, {**meta, "batch_clips": eval_cfg.eval.batch_size})
     params, trainable = count_parameters(model)
     history = list(payload.get("history") or [])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig
 
@@ -121,6 +121,27 @@ def _resolve(args: argparse.Namespace):
     return cfg, None, predictions, {"predictions": str(args.preds)}
 
 
+def evaluate_audio_modes(model, cfg: DictConfig, split: str, modes: Sequence[str], ctx, out_dir: Path, meta: Dict[str, Any]) -> list:
+    """Evaluate ``model`` on ``split`` once per audio mode (normal | shuffle | silent); one result per mode.
+
+    Sets ``cfg.eval.audio`` to each mode in turn; the evaluator writes its per-mode outputs into ``out_dir``.
+    """
+    from avseg.data import build_dataset
+    from avseg.engine.run import get_logger
+    from avseg.engine.trainer import build_eval_loader
+    from avseg.evaluation import AVSBenchEvaluator, with_audio_mode
+
+    results = []
+    for mode in modes:
+        cfg.eval.audio = mode
+        dataset = with_audio_mode(build_dataset(cfg, split, train=False), mode, cfg.eval.shuffle_seed)
+        loader = build_eval_loader(dataset, cfg.eval.batch_size, cfg, ctx)
+        evaluator = AVSBenchEvaluator.from_config(cfg, out_dir=str(out_dir), meta={**meta, "config": config_to_dict(cfg)})
+        get_logger().info(f"{meta.get('name', '')}: evaluating {len(dataset)} clips of '{split}' with audio '{mode}'")
+        results.append(evaluator.run(model, loader, ctx.device))
+    return results
+
+
 def _audio_modes(text: str) -> List[str]:
     from avseg.evaluation import AUDIO_MODES
 
@@ -161,8 +182,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from avseg.data import build_dataset
     from avseg.engine.distributed import barrier, broadcast_object, init_distributed, shutdown_distributed
     from avseg.engine.run import get_logger, make_run_dir, setup_logging
-    from avseg.engine.trainer import build_eval_loader
-    from avseg.evaluation import VAE_MODELS, AVSBenchEvaluator, format_table, with_audio_mode, write_metrics_json
+    from avseg.evaluation import VAE_MODELS, AVSBenchEvaluator, format_table, write_metrics_json
 
     ctx = init_distributed(cfg.device)
     try:
@@ -183,14 +203,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             model = build().to(ctx.device)
             if cfg.model.name in VAE_MODELS:
                 return _evaluate_vae(cfg, model, split, ctx, run_dir, meta)
-            results = []
-            for mode in modes:
-                cfg.eval.audio = mode
-                dataset = with_audio_mode(build_dataset(cfg, split, train=False), mode, cfg.eval.shuffle_seed)
-                loader = build_eval_loader(dataset, cfg.eval.batch_size, cfg, ctx)
-                evaluator = AVSBenchEvaluator.from_config(cfg, out_dir=str(run_dir), meta={**meta, "config": config_to_dict(cfg)})
-                logger.info(f"evaluating {len(dataset)} clips of '{split}' with audio '{mode}'")
-                results.append(evaluator.run(model, loader, ctx.device))
+            results = evaluate_audio_modes(model, cfg, split, modes, ctx, run_dir, meta)
         if ctx.is_main:
             write_metrics_json(run_dir / "metrics.json", results, {**meta, "batch_clips": cfg.eval.batch_size})
             print(format_table(results))
