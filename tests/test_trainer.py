@@ -277,7 +277,8 @@ def test_lr_schedules_follow_their_formulas():
 
 def test_amp_resolution_on_cpu():
     cpu = torch.device("cpu")
-    assert resolve_amp("auto", cpu) is None and resolve_amp("bf16", cpu) is None and resolve_amp("off", cpu) is None
+    assert resolve_amp("auto", cpu) is None and resolve_amp("fp16", cpu) is None and resolve_amp("off", cpu) is None
+    assert resolve_amp("bf16", cpu) == torch.bfloat16  # an explicit opt-in: faster convolutions on AVX-512 BF16 CPUs
     with pytest.raises(ConfigError, match="train.amp"):
         resolve_amp("half", cpu)
 

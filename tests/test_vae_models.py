@@ -278,3 +278,18 @@ def test_book_models_train_through_the_shared_trainer(tmp_path, config, override
     assert "val" in log and "loss" in log
     if "iwae_images=4" in overrides:
         assert "iwae_nll" in log
+
+
+def test_losses_stay_float32_under_cpu_bf16_autocast():
+    """train.amp=bf16 on CPU: the networks run in bf16, the summed losses in float32, close to float32 training."""
+    torch.manual_seed(0)
+    model = FashionVAE(loss=LossSettings(loss="elbo", recon="bce", kl_weight=1.0))
+    images = torch.rand(4, 1, 32, 32)
+    torch.manual_seed(1)
+    reference = model(images)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(images)
+    for key in ("loss", "reconstruction_loss", "kl_loss"):
+        assert mixed[key].dtype == torch.float32
+        assert torch.allclose(mixed[key], reference[key], rtol=0.03), key

@@ -105,8 +105,20 @@ def autoencoder_loss(
     """Named loss terms (scalars) and their total ``loss`` for one batch.
 
     logits, images: ``[B, C, H, W]``; z_mean, z_log_var: ``[B, d]``; ``z_log_var`` None: a plain autoencoder (no KL).
-    Returns ``reconstruction_loss``, ``kl_loss`` (unweighted, VAE only) and ``loss``.
+    Returns ``reconstruction_loss``, ``kl_loss`` (unweighted, VAE only) and ``loss``, always in float32
+    (also under bf16/fp16 autocast: the sums over a thousand pixels need float32 precision).
     """
+    with torch.autocast(logits.device.type, enabled=False):
+        logits, images, z_mean, z_log_var = (_at_least_float32(t) for t in (logits, images, z_mean, z_log_var))
+        return _autoencoder_loss(logits, images, z_mean, z_log_var, loss, recon, beta, kl_weight, gaussian_variance)
+
+
+def _at_least_float32(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """float16/bfloat16 (autocast outputs) → float32; float32, float64 and None unchanged."""
+    return tensor.float() if tensor is not None and tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
+def _autoencoder_loss(logits, images, z_mean, z_log_var, loss, recon, beta, kl_weight, gaussian_variance) -> Dict[str, torch.Tensor]:
     elements = elementwise_reconstruction(logits, images, recon).flatten(1)
     if loss == "book":
         reconstruction = beta * elements.mean(dim=1).mean()
