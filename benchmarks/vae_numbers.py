@@ -17,7 +17,7 @@ Usage::
 
     python benchmarks/vae_numbers.py --out runs/vae_numbers [--pythae-python /tmp/pythae-venv/bin/python]
         [--epochs 5] [--elbo32-epochs 10] [--iwae-samples 5000] [--iwae-images 200] [--threads 2]
-        [--rows book,elbo2,pythae,elbo32]
+        [--rows book,elbo2,pythae,elbo32,speed] [--steps 200] [--rounds 3] [--amp off|bf16]
 
 Each row keeps its stages (training, then each evaluation) in ``<out>/<row>/result.json``; a rerun
 skips finished stages (delete the file to redo a row) and resumes an interrupted training from its
@@ -210,7 +210,7 @@ def speed_row(args, out: Path) -> dict:
     has_pythae = subprocess.run([python, "-c", "import pythae"], capture_output=True).returncode == 0
     overrides = [
         "model.vae.loss=elbo", "model.vae.kl_weight=1.0", "train.epochs=1", f"train.max_steps_per_epoch={args.steps}",
-        "train.val_every=1", "train.progress=false", "train.tensorboard=false", "device=cpu",
+        "train.val_every=1", "train.progress=false", "train.tensorboard=false", "device=cpu", f"train.amp={args.amp}",
     ]
     result = {"steps": args.steps, "avseg_ms": [], "avseg_cpu_ms": [], "pythae_ms": [], "pythae_cpu_ms": []}
     for round_index in range(args.rounds):
@@ -328,7 +328,8 @@ def format_table(results: dict, args) -> str:
         notes.append("Speed, pythae time / avseg time per epoch: training {:.2f}x wall, {:.2f}x CPU; with validation {:.2f}x wall, {:.2f}x CPU.".format(*ratios))
     if "speed" in results:
         row = results["speed"]
-        text = f"Speed probe ({len(row['avseg_ms'])} interleaved runs of {row['steps']} batches, median): avseg {_median(row['avseg_ms']):.0f} ms/step wall, {_median(row['avseg_cpu_ms']):.0f} CPU"
+        text = (f"Speed probe ({len(row['avseg_ms'])} interleaved runs of {row['steps']} batches, median; avseg train.amp={row.get('amp', 'off')}): "
+                f"avseg {_median(row['avseg_ms']):.0f} ms/step wall, {_median(row['avseg_cpu_ms']):.0f} CPU")
         if row["pythae_ms"]:
             text += f"; pythae {_median(row['pythae_ms']):.0f} wall, {_median(row['pythae_cpu_ms']):.0f} CPU; ratio {_median(row['pythae_ms']) / _median(row['avseg_ms']):.2f}x wall, {_median(row['pythae_cpu_ms']) / _median(row['avseg_cpu_ms']):.2f}x CPU"
         notes.append(text + ".")
@@ -348,6 +349,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=200, help="batches per run of the 'speed' row (interleaved avseg/pythae runs)")
     parser.add_argument("--rounds", type=int, default=3, help="avseg/pythae run pairs of the 'speed' row")
+    parser.add_argument("--amp", default="off", choices=("off", "bf16"), help="avseg's train.amp in the 'speed' row (pythae: float32)")
     parser.add_argument("--pythae-python", help="python of a venv with pythae 0.1.2 installed (default: this one, if it imports pythae)")
     parser.add_argument("--pythae-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -378,7 +380,7 @@ def main(argv=None) -> int:
         }
         if row == "speed":
             if not result:
-                result = {**speed_row(args, out / row), "threads": args.threads}
+                result = {**speed_row(args, out / row), "threads": args.threads, "amp": args.amp}
         elif row == "pythae":
             if result:
                 continue
