@@ -403,8 +403,6 @@ def make_synthetic(
     valid_tasks = ("s4", "ms3") if layout == "v1" else ("s4", "ms3", "v2")
     if task not in valid_tasks:
         raise DatasetError(f"unknown synthetic task '{task}' for the {layout} layout (expected one of {valid_tasks})")
-    if colours not in COLOUR_MODES:
-        raise DatasetError(f"unknown synthetic colour mode '{colours}' (expected one of {COLOUR_MODES})")
     if size < 32:
         raise DatasetError(f"synthetic frames must be at least 32 px, got {size}")
     if write_videos and size % 2:
