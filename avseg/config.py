@@ -178,6 +178,7 @@ class TrainConfig:
     trainable parameters only; ``momentum`` for sgd). ``lr_schedule``: none | step (x ``lr_gamma`` every
     ``lr_step`` epochs) | cosine (down to ``min_lr``), after ``warmup_epochs`` of linear warm-up.
     ``grad_clip`` > 0 clips the global gradient norm. ``amp``: auto | off | bf16 | fp16 (CUDA only).
+    ``cpu_allocator``: auto | tuned | system (glibc malloc keeps freed memory; see ``tune_cpu_allocator``).
     ``val_every`` epochs (0: never); ``max_steps_per_epoch`` > 0 caps an epoch for quick runs.
     ``init_from``: an avseg checkpoint loaded non-strictly before training (e.g. MS3 from S4).
     ``find_unused_parameters`` and ``sync_bn`` only matter under DDP.
@@ -196,6 +197,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     grad_clip: float = 0.0
     amp: str = "auto"
+    cpu_allocator: str = "auto"
     val_every: int = 1
     log_every: int = 10
     max_steps_per_epoch: int = 0

@@ -8,16 +8,21 @@ Rows (each model trained through ``avseg.engine.trainer.train``, the function be
   importance-weighted NLL bound.
 * ``elbo2``: the same network under pythae's settings: summed BCE + KL (``loss=elbo``), 2-D, Adam 5e-4,
   batch 100, 5 epochs; -ELBO on the grey test set (pythae's metric) and time per epoch.
+* ``elbo2_bf16``: the same with ``train.amp=bf16`` (bfloat16 autocast on the CPU, float32 losses).
 * ``pythae``: pythae 0.1.2's VAE with this architecture and those settings, run in the interpreter given
   by ``--pythae-python`` (a separate venv; pythae is not an avseg dependency); skipped when absent.
 * ``elbo32``: configs/vae/fashion_vae_elbo32.yaml (Bernoulli VAE, 32-D, dynamically binarised training
   data); -ELBO and the IWAE NLL bound on the fixed binarised test set (the floor is 189.9 nats).
+* ``speed``: interleaved training runs of ``--steps`` batches (600: whole epochs), ``--rounds`` times:
+  avseg's trainer with each ``--amp``, then pythae with each ``--pythae-allocators`` (``tuned``: glibc
+  malloc set through the environment as avseg's ``train.cpu_allocator`` sets it in-process).
 
 Usage::
 
     python benchmarks/vae_numbers.py --out runs/vae_numbers [--pythae-python /tmp/pythae-venv/bin/python]
         [--epochs 5] [--elbo32-epochs 10] [--iwae-samples 5000] [--iwae-images 200] [--threads 2]
-        [--rows book,elbo2,pythae,elbo32,speed] [--steps 200] [--rounds 3] [--amp off|bf16]
+        [--rows book,elbo2,elbo2_bf16,pythae,elbo32,speed] [--steps 600] [--rounds 3] [--amp off,bf16]
+        [--pythae-allocators system,tuned]
 
 Each row keeps its stages (training, then each evaluation) in ``<out>/<row>/result.json``; a rerun
 skips finished stages (delete the file to redo a row) and resumes an interrupted training from its
@@ -35,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-ROWS = ("book", "elbo2", "pythae", "elbo32", "speed")
+ROWS = ("book", "elbo2", "elbo2_bf16", "pythae", "elbo32", "speed")
 
 
 # ----------------------------------------------------------------------------- pythae worker (its own venv)
@@ -202,7 +207,7 @@ class StepTimer:
 
 
 def speed_row(args, out: Path) -> dict:
-    """Interleaved short runs (``--steps`` batches, ``--rounds`` times): avseg's trainer, then pythae's."""
+    """Interleaved runs of ``--steps`` batches, ``--rounds`` times: avseg with each amp, then pythae with each allocator."""
     from avseg.config import load_config
     from avseg.engine.trainer import train
 
@@ -210,20 +215,26 @@ def speed_row(args, out: Path) -> dict:
     has_pythae = subprocess.run([python, "-c", "import pythae"], capture_output=True).returncode == 0
     overrides = [
         "model.vae.loss=elbo", "model.vae.kl_weight=1.0", "train.epochs=1", f"train.max_steps_per_epoch={args.steps}",
-        "train.val_every=1", "train.progress=false", "train.tensorboard=false", "device=cpu", f"train.amp={args.amp}",
+        "train.val_every=1", "train.progress=false", "train.tensorboard=false", "device=cpu",
     ]
-    result = {"steps": args.steps, "avseg_ms": [], "avseg_cpu_ms": [], "pythae_ms": [], "pythae_cpu_ms": []}
+    runs = []
     for round_index in range(args.rounds):
-        timer = StepTimer()
-        train(load_config("vae/fashion_vae.yaml", overrides), out=str(out / f"avseg_{round_index}"), build_evaluator=lambda cfg: timer)
-        (start_wall, start_cpu), (end_wall, end_cpu) = timer.marks[0], timer.marks[1]
-        result["avseg_ms"].append(1000 * (end_wall - start_wall) / args.steps)
-        result["avseg_cpu_ms"].append(1000 * (end_cpu - start_cpu) / args.steps)
-        if has_pythae:
-            probe = run_pythae(python, out.parent / "pythae", 1, args.threads, steps=args.steps)
-            result["pythae_ms"].append(1000 * probe["epoch_s"][0] / args.steps)
-            result["pythae_cpu_ms"].append(1000 * probe["epoch_cpu_s"][0] / args.steps)
-    return result
+        for amp in _names(args.amp):
+            timer = StepTimer()
+            train(load_config("vae/fashion_vae.yaml", overrides + [f"train.amp={amp}"]), out=str(out / f"avseg_{amp}_{round_index}"),
+                  build_evaluator=lambda cfg: timer)
+            (start_wall, start_cpu), (end_wall, end_cpu) = timer.marks[0], timer.marks[1]
+            runs.append({"run": f"avseg, train.amp={amp}", "ms": 1000 * (end_wall - start_wall) / args.steps,
+                         "cpu_ms": 1000 * (end_cpu - start_cpu) / args.steps})
+        for allocator in _names(args.pythae_allocators) if has_pythae else []:
+            probe = run_pythae(python, out.parent / "pythae", 1, args.threads, steps=args.steps, allocator=allocator)
+            runs.append({"run": f"pythae, {allocator} malloc", "ms": 1000 * probe["epoch_s"][0] / args.steps,
+                         "cpu_ms": 1000 * probe["epoch_cpu_s"][0] / args.steps})
+    return {"steps": args.steps, "rounds": args.rounds, "runs": runs}
+
+
+def _names(text: str):
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def evaluate_row(run: Path, binarize: str, iwae_samples: int = 1, iwae_images: int = 0, max_images: int = 0, seed: int = 0) -> dict:
@@ -251,8 +262,11 @@ def evaluate_row(run: Path, binarize: str, iwae_samples: int = 1, iwae_images: i
     return metrics
 
 
-def run_pythae(python: str, out: Path, epochs: int, threads: int, steps: int = 0) -> dict:
-    """Write the padded grey data as .npy (once) and run :func:`pythae_worker` in ``python``."""
+def run_pythae(python: str, out: Path, epochs: int, threads: int, steps: int = 0, allocator: str = "system") -> dict:
+    """Write the padded grey data as .npy (once) and run :func:`pythae_worker` in ``python``.
+
+    ``allocator`` ``tuned``: the worker's glibc malloc gets avseg's tuned settings through the environment.
+    """
     import numpy as np
 
     from avseg.config import load_config
@@ -264,7 +278,12 @@ def run_pythae(python: str, out: Path, epochs: int, threads: int, steps: int = 0
         if not (out / name).is_file():
             np.save(out / name, build_vae_dataset(cfg, split).images.float().div(255.0).numpy())
     command = [python, os.path.abspath(__file__), "--pythae-worker", str(out), "--epochs", str(epochs), "--threads", str(threads), "--steps", str(steps)]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if allocator == "tuned":
+        from avseg.engine.run import TUNED_MALLOC
+
+        env.update({f"MALLOC_{name}_": str(value) for name, value in TUNED_MALLOC.items()})
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"pythae worker failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -308,6 +327,9 @@ def format_table(results: dict, args) -> str:
     if "elbo2" in results:
         row = results["elbo2"]
         lines.append(f"| avseg VAE, pythae's settings: 2-D, summed BCE + KL | {row['epochs']} | – | {row['grey']['neg_elbo']:.1f} | – | – | {times(row)} |")
+    if "elbo2_bf16" in results:
+        row = results["elbo2_bf16"]
+        lines.append(f"| the same, train.amp=bf16 | {row['epochs']} | – | {row['grey']['neg_elbo']:.1f} | – | – | {times(row)} |")
     if "pythae" in results:
         row = results["pythae"]
         lines.append(f"| pythae {row.get('version', '0.1.2')} VAE, same network and settings | {len(row['epoch_s'])} | – | {row['neg_elbo']:.1f} | – | – | {times(row)} |")
@@ -322,17 +344,28 @@ def format_table(results: dict, args) -> str:
             f"Floors: the book's reconstruction term >= {floors['book_floor']:.2f} (500 x {floors['per_pixel']:.4f} nats per pixel); "
             f"-ELBO on grey targets and any NLL of dynamically binarised test images >= {floors['summed']:.1f} nats."
         )
-    if "elbo2" in results and "pythae" in results:
-        ours, theirs = results["elbo2"], results["pythae"]
-        ratios = [_mean(theirs[key]) / _mean(ours[key]) for key in ("train_s", "train_cpu_s", "epoch_s", "epoch_cpu_s")]
-        notes.append("Speed, pythae time / avseg time per epoch: training {:.2f}x wall, {:.2f}x CPU; with validation {:.2f}x wall, {:.2f}x CPU.".format(*ratios))
+    for name in ("elbo2", "elbo2_bf16"):
+        if name in results and "pythae" in results and results[name].get("train_s"):
+            ours, theirs = results[name], results["pythae"]
+            ratios = [_mean(theirs[key]) / _mean(ours[key]) for key in ("train_s", "train_cpu_s", "epoch_s", "epoch_cpu_s")]
+            notes.append(f"Speed of the whole runs, pythae time / {name} time per epoch: "
+                         "training {:.2f}x wall, {:.2f}x CPU; with validation {:.2f}x wall, {:.2f}x CPU.".format(*ratios))
     if "speed" in results:
         row = results["speed"]
-        text = (f"Speed probe ({len(row['avseg_ms'])} interleaved runs of {row['steps']} batches, median; avseg train.amp={row.get('amp', 'off')}): "
-                f"avseg {_median(row['avseg_ms']):.0f} ms/step wall, {_median(row['avseg_cpu_ms']):.0f} CPU")
-        if row["pythae_ms"]:
-            text += f"; pythae {_median(row['pythae_ms']):.0f} wall, {_median(row['pythae_cpu_ms']):.0f} CPU; ratio {_median(row['pythae_ms']) / _median(row['avseg_ms']):.2f}x wall, {_median(row['pythae_cpu_ms']) / _median(row['avseg_cpu_ms']):.2f}x CPU"
-        notes.append(text + ".")
+        medians = {}
+        for run in row["runs"]:
+            medians.setdefault(run["run"], ([], []))
+            medians[run["run"]][0].append(run["ms"])
+            medians[run["run"]][1].append(run["cpu_ms"])
+        medians = {name: (_median(wall), _median(cpu)) for name, (wall, cpu) in medians.items()}
+        reference = medians.get("pythae, system malloc")
+        parts = []
+        for name, (wall, cpu) in medians.items():
+            text = f"{name} {wall:.0f} ms/step wall, {cpu:.0f} CPU"
+            if reference and not name.startswith("pythae, system"):
+                text += f" (pythae with system malloc takes {reference[0] / wall:.2f}x this wall time, {reference[1] / cpu:.2f}x this CPU time)"
+            parts.append(text)
+        notes.append(f"Speed ({row['rounds']} interleaved rounds of {row['steps']} training batches, medians): " + "; ".join(parts) + ".")
     threads = sorted({row.get("threads", args.threads) for key, row in results.items() if key != "floors"})
     notes.append(f"Times: mean over epochs 2..n (epoch 1 includes warm-up), {'/'.join(map(str, threads))} torch thread(s). Binarised: one fixed Bernoulli draw of the test images (seed 0).")
     return "\n".join(lines + [""] + notes)
@@ -347,9 +380,10 @@ def main(argv=None) -> int:
     parser.add_argument("--iwae-samples", type=int, default=5000)
     parser.add_argument("--iwae-images", type=int, default=200, help="test images that get the IWAE bound (each costs K decoder passes)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=200, help="batches per run of the 'speed' row (interleaved avseg/pythae runs)")
-    parser.add_argument("--rounds", type=int, default=3, help="avseg/pythae run pairs of the 'speed' row")
-    parser.add_argument("--amp", default="off", choices=("off", "bf16"), help="avseg's train.amp in the 'speed' row (pythae: float32)")
+    parser.add_argument("--steps", type=int, default=600, help="batches per run of the 'speed' row (600: a whole epoch)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of interleaved runs of the 'speed' row")
+    parser.add_argument("--amp", default="off,bf16", help="avseg's train.amp values in the 'speed' row (pythae: float32)")
+    parser.add_argument("--pythae-allocators", default="system", help="'speed' row: pythae runs with glibc's default malloc (system) and/or avseg's tuned settings (tuned)")
     parser.add_argument("--pythae-python", help="python of a venv with pythae 0.1.2 installed (default: this one, if it imports pythae)")
     parser.add_argument("--pythae-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -376,11 +410,12 @@ def main(argv=None) -> int:
         stages = {
             "book": ("vae/fashion_vae.yaml", [epochs], ("grey", "binary", "binary_first")),
             "elbo2": ("vae/fashion_vae.yaml", [epochs, "model.vae.loss=elbo", "model.vae.kl_weight=1.0"], ("grey",)),
+            "elbo2_bf16": ("vae/fashion_vae.yaml", [epochs, "model.vae.loss=elbo", "model.vae.kl_weight=1.0", "train.amp=bf16"], ("grey",)),
             "elbo32": ("vae/fashion_vae_elbo32.yaml", [f"train.epochs={args.elbo32_epochs}", "model.vae.iwae_images=0"], ("binary", "binary_first")),
         }
         if row == "speed":
-            if not result:
-                result = {**speed_row(args, out / row), "threads": args.threads, "amp": args.amp}
+            if "runs" not in result:
+                result = {**speed_row(args, out / row), "threads": args.threads}
         elif row == "pythae":
             if result:
                 continue

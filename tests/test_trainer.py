@@ -1,6 +1,7 @@
 """The training engine on a tiny stand-in model and dataset: resume equivalence, logs, errors, init_from."""
 import csv
 import math
+import platform
 import random
 
 import numpy as np
@@ -17,6 +18,7 @@ from avseg.cli.train import main as train_main
 from avseg.config import load_config
 from avseg.engine.checkpointing import capture_rng_state, init_from_checkpoint, load_state_non_strict, restore_rng_state
 from avseg.engine.distributed import all_reduce_sum
+from avseg.engine.run import tune_cpu_allocator
 from avseg.engine.trainer import NonFiniteLossError, lr_factor, resolve_amp, train
 from avseg.errors import CheckpointError, ConfigError
 
@@ -206,6 +208,8 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
 def test_bad_choice_and_wrong_model_resume(tmp_path):
     with pytest.raises(ConfigError, match="train.optimizer"):
         train(tiny_config("train.optimizer=lbfgs"), out=str(tmp_path / "a"), **builders())
+    with pytest.raises(ConfigError, match="train.cpu_allocator"):
+        train(tiny_config("train.cpu_allocator=jemalloc"), out=str(tmp_path / "b"), **builders())
     with pytest.raises(ConfigError, match="train.epochs"):
         train(tiny_config("train.epochs=0"), out=str(tmp_path / "a"), **builders())
     assert not (tmp_path / "a").exists()  # checked before anything is built or written
@@ -281,6 +285,15 @@ def test_amp_resolution_on_cpu():
     assert resolve_amp("bf16", cpu) == torch.bfloat16  # an explicit opt-in: faster convolutions on AVX-512 BF16 CPUs
     with pytest.raises(ConfigError, match="train.amp"):
         resolve_amp("half", cpu)
+
+
+def test_cpu_allocator_modes():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not tune_cpu_allocator("system", cpu) and not tune_cpu_allocator("auto", cuda)
+    with pytest.raises(ConfigError, match="train.cpu_allocator"):
+        tune_cpu_allocator("jemalloc", cpu)
+    if platform.libc_ver()[0] == "glibc":  # mallopt exists only there; elsewhere "tuned" is a no-op
+        assert tune_cpu_allocator("tuned", cpu) and tune_cpu_allocator("auto", cpu)
 
 
 # ----------------------------------------------------------------------------- end to end

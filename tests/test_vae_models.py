@@ -12,7 +12,7 @@ from avseg.errors import ConfigError, DatasetError
 from avseg.vae.data import FASHION_MNIST_DEBIAN_ROOT, build_vae_dataset, find_fashion_mnist, image_shape, read_idx
 from avseg.vae.explore import importance_weighted_log_likelihood
 from avseg.vae.losses import LossSettings, book_to_elbo, kl_to_standard_normal
-from avseg.vae.models import ConvAutoencoder, FacesVAE, FashionVAE, NarrowConv2d, build_vae_model
+from avseg.vae.models import ConvAutoencoder, FacesVAE, FashionVAE, NarrowConv2d, SumBiasConvTranspose2d, build_vae_model
 
 FASHION_PRESENT = Path(FASHION_MNIST_DEBIAN_ROOT, "t10k-images-idx3-ubyte.gz").is_file()
 
@@ -71,6 +71,46 @@ def test_narrow_conv_equals_the_ordinary_convolution_with_gradients(out_channels
     reference.backward(grad)
     assert torch.allclose(images.grad, reference_images.grad, atol=1e-12)
     assert torch.allclose(weight_grad, layer.weight.grad, atol=1e-12)
+
+
+def _output_and_grads(layer, images, grad, **kwargs):
+    images = images.detach().clone().requires_grad_(True)
+    output = layer(images, **kwargs)
+    grads = torch.autograd.grad(output, [images, layer.weight, layer.bias], grad)
+    return output, grads
+
+
+def test_sum_bias_transposed_conv_equals_the_ordinary_one_with_gradients():
+    layer = SumBiasConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1).double()
+    reference = torch.nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1).double()
+    reference.load_state_dict(layer.state_dict())
+    images = torch.randn(3, 6, 5, 4, dtype=torch.float64)
+    grad = torch.randn(3, 4, 10, 8, dtype=torch.float64)
+    output, grads = _output_and_grads(layer, images, grad)
+    expected, expected_grads = _output_and_grads(reference, images, grad)
+    assert torch.allclose(output, expected, atol=1e-12)
+    for got, want in zip(grads, expected_grads):
+        assert torch.allclose(got, want, atol=1e-12)
+    assert torch.allclose(grads[2], grad.sum(dim=(0, 2, 3)))
+    # an explicit output_size takes the ordinary module's path
+    sized, _ = _output_and_grads(layer, images, torch.randn(3, 4, 9, 7, dtype=torch.float64), output_size=(9, 7))
+    assert sized.shape == (3, 4, 9, 7)
+
+
+def test_sum_bias_transposed_conv_casts_like_autocast():
+    layer = SumBiasConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1)
+    reference = torch.nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1)
+    reference.load_state_dict(layer.state_dict())
+    images = torch.randn(2, 4, 6, 6)
+    grad = torch.randn(2, 2, 12, 12, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, grads = _output_and_grads(layer, images, grad)
+        expected, expected_grads = _output_and_grads(reference, images, grad)
+    assert output.dtype == expected.dtype == torch.bfloat16
+    assert torch.equal(output, expected)
+    for got, want in zip(grads, expected_grads):
+        assert got.dtype == want.dtype == torch.float32
+        assert torch.allclose(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
 
 
 def test_analytic_kl_matches_a_monte_carlo_estimate():

@@ -1,6 +1,8 @@
 """Run plumbing shared by the command-line tools: run folder, logging, seeding, device selection."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import random
@@ -76,3 +78,31 @@ def select_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"key 'device': '{name}' was asked for, but CUDA is not available on this machine")
     return device
+
+
+CPU_ALLOCATOR_MODES = ("auto", "tuned", "system")
+# The glibc malloc parameters "tuned" sets (see tune_cpu_allocator), with their mallopt numbers. Another
+# program gets the same settings from the environment variables MALLOC_<NAME>_ (e.g. MALLOC_TOP_PAD_).
+TUNED_MALLOC = {"MMAP_THRESHOLD": 32 << 20, "TRIM_THRESHOLD": 128 << 20, "TOP_PAD": 16 << 20}
+_MALLOPT_PARAMETERS = {"TRIM_THRESHOLD": -1, "TOP_PAD": -2, "MMAP_THRESHOLD": -3}
+
+
+def tune_cpu_allocator(mode: str, device: torch.device) -> bool:
+    """Make glibc malloc keep freed memory for reuse; True when applied (``train.cpu_allocator``).
+
+    Each training step frees and re-allocates the same activation buffers (megabytes each). By
+    default glibc hands them back to the kernel and every new buffer page-faults on first touch:
+    2.4 M minor faults in 100 VAE steps here, a quarter of the step time. ``tuned`` serves blocks
+    below 32 MiB from the heap and keeps up to 128 MiB of freed heap (16 MiB growth padding), so
+    the pages are reused. ``auto``: tuned when training on the CPU; ``system``: leave malloc alone.
+    Process-wide and not undone; a no-op where the C library has no ``mallopt`` (not glibc).
+    """
+    if mode not in CPU_ALLOCATOR_MODES:
+        raise ConfigError(f"key 'train.cpu_allocator': '{mode}' is not one of {', '.join(CPU_ALLOCATOR_MODES)}")
+    if mode == "system" or (mode == "auto" and device.type != "cpu"):
+        return False
+    library = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(library) if library else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return all(libc.mallopt(_MALLOPT_PARAMETERS[name], value) == 1 for name, value in TUNED_MALLOC.items())

@@ -43,7 +43,7 @@ from avseg.engine.distributed import (
     unwrap_model,
 )
 from avseg.engine.logging_utils import TrainingLogger
-from avseg.engine.run import get_logger, make_run_dir, seed_everything, setup_logging
+from avseg.engine.run import CPU_ALLOCATOR_MODES, get_logger, make_run_dir, seed_everything, setup_logging, tune_cpu_allocator
 from avseg.errors import AvsegError, CheckpointError, ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -69,6 +69,7 @@ def check_train_config(train_cfg: DictConfig) -> None:
     _choice(train_cfg.optimizer, OPTIMIZERS, "train.optimizer")
     _choice(train_cfg.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
     _choice(train_cfg.amp, AMP_MODES, "train.amp")
+    _choice(train_cfg.cpu_allocator, CPU_ALLOCATOR_MODES, "train.cpu_allocator")
     for key in ("epochs", "batch_size"):
         if train_cfg[key] < 1:
             raise ConfigError(f"key 'train.{key}': must be at least 1, got {train_cfg[key]}")
@@ -528,6 +529,8 @@ def train(
         seed_everything(cfg.seed + ctx.rank, cfg.deterministic)
         logger = get_logger()
         logger.info(f"run folder {run_dir}")
+        if tune_cpu_allocator(cfg.train.cpu_allocator, ctx.device):
+            logger.info("CPU allocator tuned: freed memory is kept for reuse (train.cpu_allocator=system to turn off)")
 
         train_set = build_dataset(cfg, cfg.data.train_split, train=True)
         train_loader = build_train_loader(train_set, cfg, ctx)

@@ -29,10 +29,56 @@ def _activation(negative_slope: float) -> nn.Module:
     return nn.ReLU() if negative_slope == 0 else nn.LeakyReLU(negative_slope)
 
 
+class _ConvTransposeSumBias(torch.autograd.Function):
+    """conv_transpose2d whose backward takes the bias gradient as a plain sum of the output gradient."""
+
+    @staticmethod
+    def forward(ctx, images, weight, bias, stride, padding, output_padding, dilation, groups):
+        ctx.save_for_backward(images, weight)
+        ctx.settings = (stride, padding, output_padding, dilation, groups)
+        return F.conv_transpose2d(images, weight, bias, stride, padding, output_padding, groups, dilation)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        images, weight = ctx.saved_tensors
+        stride, padding, output_padding, dilation, groups = ctx.settings
+        needs_images, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        grad_images = grad_weight = grad_bias = None
+        if needs_images or needs_weight:
+            grad_images, grad_weight, _ = torch.ops.aten.convolution_backward(
+                grad_output, images, weight, None, stride, padding, dilation, True, output_padding, groups,
+                [needs_images, needs_weight, False])
+        if needs_bias:
+            grad_bias = grad_output.sum(dim=(0, 2, 3))
+        return grad_images, grad_weight, grad_bias, None, None, None, None, None
+
+
+class SumBiasConvTranspose2d(nn.ConvTranspose2d):
+    """:class:`torch.nn.ConvTranspose2d` whose bias gradient is a plain sum over ``[B, H, W]``.
+
+    The same parameters, state dict, outputs and gradients. On CPU, oneDNN's transposed-convolution
+    backward costs several milliseconds more per layer when it also returns the bias gradient than
+    when it does not (``benchmarks/vae_numbers.py --rows layers``); the sum costs a fraction of one.
+    Under autocast the inputs are cast as autocast would cast them. Other devices, a given
+    ``output_size`` and padding modes other than zeros use the ordinary module.
+    """
+
+    def forward(self, images: torch.Tensor, output_size=None) -> torch.Tensor:
+        if output_size is not None or images.device.type != "cpu" or self.bias is None or self.padding_mode != "zeros":
+            return super().forward(images, output_size)
+        weight, bias = self.weight, self.bias
+        if torch.is_autocast_enabled("cpu"):
+            dtype = torch.get_autocast_dtype("cpu")
+            images, weight, bias = images.to(dtype), weight.to(dtype), bias.to(dtype)
+        with torch.autocast("cpu", enabled=False):
+            return _ConvTransposeSumBias.apply(images, weight, bias, list(self.stride), list(self.padding),
+                                               list(self.output_padding), list(self.dilation), self.groups)
+
+
 def conv_block(in_channels: int, out_channels: int, transposed: bool, batch_norm: bool, negative_slope: float) -> nn.Sequential:
     """3x3 stride-2 "same" conv (halves H, W) or transposed conv (doubles them) -> [batch norm] -> activation."""
     if transposed:
-        conv = nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
+        conv = SumBiasConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
     else:
         conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
     layers = [conv]
