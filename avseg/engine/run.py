@@ -91,10 +91,10 @@ def tune_cpu_allocator(mode: str, device: torch.device) -> bool:
     """Make glibc malloc keep freed memory for reuse; True when applied (``train.cpu_allocator``).
 
     Each training step frees and re-allocates the same activation buffers (megabytes each). By
-    default glibc hands them back to the kernel and every new buffer page-faults on first touch:
-    2.4 M minor faults in 100 VAE steps here, a quarter of the step time. ``tuned`` serves blocks
-    below 32 MiB from the heap and keeps up to 128 MiB of freed heap (16 MiB growth padding), so
-    the pages are reused. ``auto``: tuned when training on the CPU; ``system``: leave malloc alone.
+    default glibc hands them back to the kernel and every new buffer page-faults on first touch
+    (15,000-19,000 minor faults per Fashion-MNIST VAE step, ``benchmarks/vae_step.py``). ``tuned``
+    serves blocks below 32 MiB from the heap and keeps up to 128 MiB of freed heap (16 MiB growth
+    padding), so the pages are reused. ``auto``: tuned when training on the CPU; ``system``: leave malloc alone.
     Process-wide and not undone; a no-op where the C library has no ``mallopt`` (not glibc).
     """
     if mode not in CPU_ALLOCATOR_MODES:

@@ -58,7 +58,7 @@ class SumBiasConvTranspose2d(nn.ConvTranspose2d):
 
     The same parameters, state dict, outputs and gradients. On CPU, oneDNN's transposed-convolution
     backward costs several milliseconds more per layer when it also returns the bias gradient than
-    when it does not (``benchmarks/vae_numbers.py --rows layers``); the sum costs a fraction of one.
+    when it does not (``benchmarks/vae_step.py``); the sum costs a fraction of one.
     Under autocast the inputs are cast as autocast would cast them. Other devices, a given
     ``output_size`` and padding modes other than zeros use the ordinary module.
     """
