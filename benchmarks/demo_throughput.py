@@ -107,7 +107,7 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if "cuda" in devices else "-"
     print(f"\nDemo throughput, random weights; {args.seconds:g} s 320x240 video with sound, output at {args.fps:g} fps; "
           f"torch {torch.__version__}, {args.threads} CPU threads, GPU: {gpu}, batch {args.batch_size} clips")
-    print(f"| config | backbone | size | device | output frames | T | segment fps | model frames/s | end-to-end fps |")
+    print("| config | backbone | size | device | output frames | T | segment fps | model frames/s | end-to-end fps |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['backbone']} | {r['size']} | {r['device']} | {r['frames']} | {r['T']} | "

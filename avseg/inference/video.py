@@ -103,12 +103,13 @@ def probe_video(path: PathLike) -> VideoInfo:
         stream = container.streams.video[0]
         time_base = stream.time_base
         pts_list: List[int] = []
+        max_pts: Optional[int] = None
         last_duration = 0
         try:
             for packet in container.demux(stream):
                 if packet.pts is None or packet.size == 0:
                     continue
-                if not pts_list or packet.pts >= max_pts:
+                if max_pts is None or packet.pts >= max_pts:
                     max_pts, last_duration = packet.pts, packet.duration or 0
                 pts_list.append(packet.pts)
         except av.FFmpegError as exc:
