@@ -398,10 +398,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [row.strip() for row in args.rows.split(",") if row.strip()]
+    rows = _names(args.rows)
     unknown = [row for row in rows if row not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown} (rows: {', '.join(ROWS)})")
+    if args.steps < 1 or args.rounds < 1:
+        parser.error("--steps and --rounds must be at least 1")
+    allocators = _names(args.pythae_allocators)
+    if not set(allocators) <= {"system", "tuned"}:
+        parser.error(f"--pythae-allocators: expected system and/or tuned, got {args.pythae_allocators}")
     iwae = (args.iwae_samples, args.iwae_images)
     epochs = f"train.epochs={args.epochs}"
     for row in rows:

@@ -85,8 +85,8 @@ def worker(allocator: str, steps: int, rounds: int, threads: int) -> dict:
                 faults[(convs, precision)].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before_faults) / steps)
     return {
         "allocator": allocator, "applied": tuned,
-        "rows": [{"convs": convs, "precision": precision, "ms": statistics.median(times[key]), "faults": statistics.median(faults[key])}
-                 for key in variants for convs, precision in [key]],
+        "rows": [{"convs": convs, "precision": precision, "ms": statistics.median(times[(convs, precision)]),
+                  "faults": statistics.median(faults[(convs, precision)])} for convs, precision in variants],
     }
 
 
