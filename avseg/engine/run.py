@@ -105,4 +105,5 @@ def tune_cpu_allocator(mode: str, device: torch.device) -> bool:
     libc = ctypes.CDLL(library) if library else None
     if libc is None or not hasattr(libc, "mallopt"):
         return False
-    return all(libc.mallopt(_MALLOPT_PARAMETERS[name], value) == 1 for name, value in TUNED_MALLOC.items())
+    accepted = [libc.mallopt(_MALLOPT_PARAMETERS[name], value) == 1 for name, value in TUNED_MALLOC.items()]
+    return all(accepted)

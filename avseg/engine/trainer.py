@@ -531,6 +531,8 @@ def train(
         logger.info(f"run folder {run_dir}")
         if tune_cpu_allocator(cfg.train.cpu_allocator, ctx.device):
             logger.info("CPU allocator tuned: freed memory is kept for reuse (train.cpu_allocator=system to turn off)")
+        elif cfg.train.cpu_allocator == "tuned":
+            logger.warning("train.cpu_allocator=tuned: this C library has no glibc mallopt; malloc left as it is")
 
         train_set = build_dataset(cfg, cfg.data.train_split, train=True)
         train_loader = build_train_loader(train_set, cfg, ctx)
