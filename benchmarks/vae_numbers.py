@@ -280,7 +280,7 @@ def run_pythae(python: str, out: Path, epochs: int, threads: int, steps: int = 0
     command = [python, os.path.abspath(__file__), "--pythae-worker", str(out), "--epochs", str(epochs), "--threads", str(threads), "--steps", str(steps)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if allocator == "tuned":
-        from avseg.engine.run import TUNED_MALLOC
+        from avseg.engine.run_setup import TUNED_MALLOC
 
         env.update({f"MALLOC_{name}_": str(value) for name, value in TUNED_MALLOC.items()})
     result = subprocess.run(command, capture_output=True, text=True, env=env)

@@ -48,7 +48,7 @@ def plain_transposed_convs(model):
 def worker(allocator: str, steps: int, rounds: int, threads: int) -> dict:
     import torch
 
-    from avseg.engine.run import tune_cpu_allocator
+    from avseg.engine.run_setup import tune_cpu_allocator
     from avseg.vae.losses import LossSettings
     from avseg.vae.models import FashionVAE
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from avseg.config import load_config
 from avseg.data import AVSBenchDataset, ClipAugment, build_dataset, load_tensor_pickle, read_v1_index
-from avseg.data.avsbench import IMAGENET_MEAN, IMAGENET_STD, mask_foreground
+from avseg.data.avsbench_dataset import IMAGENET_MEAN, IMAGENET_STD, mask_foreground
 from avseg.data.synthetic import make_synthetic
 from avseg.errors import DatasetError
 

@@ -11,7 +11,7 @@ from PIL import Image
 from avseg.cli.check_dataset import main as check_main
 from avseg.cli.prepare_avsbench import main as prepare_main
 from avseg.data import AVSBenchDataset, read_semantic_index, read_v1_index
-from avseg.data.avsbench import v1_csv_path
+from avseg.data.avsbench_dataset import v1_csv_path
 from avseg.data.prepare import frame_indices
 from avseg.data.safe_pickle import load_tensor_pickle
 from avseg.data.synthetic import make_synthetic

@@ -10,7 +10,7 @@ import torch
 from avseg.audio.vggish_input import SAMPLE_RATE
 from avseg.checkpoint import save_checkpoint
 from avseg.config import load_config
-from avseg.data.avsbench import normalize_frames
+from avseg.data.avsbench_dataset import normalize_frames
 from avseg.errors import MediaError
 from avseg.inference.segmenter import Segmenter, assign_windows, plan_windows, window_examples
 from avseg.inference.video import iter_frames, probe_video

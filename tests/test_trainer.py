@@ -18,7 +18,7 @@ from avseg.cli.train import main as train_main
 from avseg.config import load_config
 from avseg.engine.checkpointing import capture_rng_state, init_from_checkpoint, load_state_non_strict, restore_rng_state
 from avseg.engine.distributed import all_reduce_sum
-from avseg.engine.run import tune_cpu_allocator
+from avseg.engine.run_setup import tune_cpu_allocator
 from avseg.engine.trainer import NonFiniteLossError, lr_factor, resolve_amp, train
 from avseg.errors import CheckpointError, ConfigError
 

@@ -217,7 +217,7 @@ def checkpoint_epoch(path: Path) -> int:
 
 def held_out_video(root: Path) -> Optional[Path]:
     """The raw mp4 of the first test clip with a silent object beside the sounding one (else the first)."""
-    from avseg.data.avsbench import v1_clip_record
+    from avseg.data.avsbench_dataset import v1_clip_record
 
     meta_path = root / "Single-source" / "synthetic_meta.json"
     if not meta_path.is_file():

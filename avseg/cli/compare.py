@@ -140,7 +140,7 @@ def needs_training(cfg: DictConfig, run_dir: Path, train: bool) -> Optional[str]
 
     Without ``train`` an unfinished or missing run is an error.
     """
-    from avseg.engine.run import get_logger
+    from avseg.engine.run_setup import get_logger
     from avseg.engine.trainer import LAST_NAME
 
     payload = run_state(run_dir, cfg)
@@ -159,7 +159,7 @@ def needs_training(cfg: DictConfig, run_dir: Path, train: bool) -> Optional[str]
 
 
 def train_in_process(cfg: DictConfig, run_dir: Path, resume: str) -> None:
-    from avseg.engine.run import get_logger
+    from avseg.engine.run_setup import get_logger
     from avseg.engine.trainer import train as train_run
 
     get_logger().info(f"{cfg.name}: {'resuming' if resume else 'training'} in {run_dir}")
@@ -176,7 +176,7 @@ def train_in_subprocesses(
     """
     import subprocess
 
-    from avseg.engine.run import get_logger
+    from avseg.engine.run_setup import get_logger
 
     logger = get_logger()
     env = dict(os.environ)
@@ -257,7 +257,7 @@ def evaluate_run(
 
     from avseg.data import build_dataset
     from avseg.engine.distributed import DistContext
-    from avseg.engine.run import get_logger, select_device
+    from avseg.engine.run_setup import get_logger, select_device
     from avseg.engine.trainer import BEST_NAME, LAST_NAME, build_eval_loader
     from avseg.cli.eval import evaluate_audio_modes
     from avseg.evaluation import write_metrics_json
@@ -493,7 +493,7 @@ def _compare(
     jobs: int,
     command: str,
 ) -> List[CompareRow]:
-    from avseg.engine.run import get_logger, setup_logging
+    from avseg.engine.run_setup import get_logger, setup_logging
     from avseg.fileio import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ import numpy as np
 from avseg.cli.common import add_debug_argument, run_cli
 from avseg.errors import MediaError
 from avseg.fileio import atomic_write_text
-from avseg.engine.run import setup_logging
+from avseg.engine.run_setup import setup_logging
 from avseg.evaluation.rle import encode_mask
 from avseg.inference import overlay
 from avseg.inference.segmenter import DEFAULT_MAX_FPS, MediaInput, Prediction, Segmenter

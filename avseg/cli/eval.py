@@ -101,7 +101,7 @@ def _resolve(args: argparse.Namespace):
         cfg = load_config(args.cfg, args.overrides)
 
         def load_official():
-            from avseg.engine.run import get_logger
+            from avseg.engine.run_setup import get_logger
             from avseg.models import load_weights
             from avseg.models.factory import build_model_for_checkpoint
 
@@ -127,7 +127,7 @@ def evaluate_audio_modes(model, cfg: DictConfig, split: str, modes: Sequence[str
     Sets ``cfg.eval.audio`` to each mode in turn; the evaluator writes its per-mode outputs into ``out_dir``.
     """
     from avseg.data import build_dataset
-    from avseg.engine.run import get_logger
+    from avseg.engine.run_setup import get_logger
     from avseg.engine.trainer import build_eval_loader
     from avseg.evaluation import AVSBenchEvaluator, with_audio_mode
 
@@ -181,7 +181,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from avseg.data import build_dataset
     from avseg.engine.distributed import barrier, broadcast_object, init_distributed, shutdown_distributed
-    from avseg.engine.run import get_logger, make_run_dir, setup_logging
+    from avseg.engine.run_setup import get_logger, make_run_dir, setup_logging
     from avseg.evaluation import VAE_MODELS, AVSBenchEvaluator, format_table, write_metrics_json
 
     ctx = init_distributed(cfg.device)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from avseg.checkpoint import read_checkpoint
 from avseg.cli.common import add_debug_argument, run_cli
 from avseg.config import apply_overrides
-from avseg.engine.run import select_device
+from avseg.engine.run_setup import select_device
 from avseg.errors import CheckpointError, ConfigError
 from avseg.fileio import atomic_write_text
 from avseg.vae import explore

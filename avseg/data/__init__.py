@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from avseg.data.avsbench import AVSBenchDataset, ClipRecord, read_semantic_index, read_v1_index
+from avseg.data.avsbench_dataset import AVSBenchDataset, ClipRecord, read_semantic_index, read_v1_index
 from avseg.data.safe_pickle import load_tensor_pickle
 from avseg.data.transforms import ClipAugment, build_clip_transform
 from avseg.errors import ConfigError

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Union
 
 from avseg.audio.vggish_input import MIN_SAMPLES, SAMPLE_RATE
-from avseg.data.avsbench import ClipRecord, read_frame, read_mask, read_semantic_index, read_v1_index
+from avseg.data.avsbench_dataset import ClipRecord, read_frame, read_mask, read_semantic_index, read_v1_index
 from avseg.data.safe_pickle import load_tensor_pickle
 from avseg.errors import AvsegError, DatasetError
 

@@ -8,7 +8,7 @@ Per clip (``preprocess_s4.py`` / ``preprocess_ms3.py``):
 * log-mel: the VGGish front end on that wav, the last example repeated up to T, pickled as a torch
   tensor (v1 layout only; the semantic layout has no ``.pkl``).
 
-Inputs: v1 ``raw_videos/`` as in :mod:`avseg.data.avsbench`; semantic layout ``<root>/raw_videos/<uid>.mp4``.
+Inputs: v1 ``raw_videos/`` as in :mod:`avseg.data.avsbench_dataset`; semantic layout ``<root>/raw_videos/<uid>.mp4``.
 Finished clips (all outputs present) are skipped, so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 
 from avseg.audio.io import load_audio
 from avseg.audio.vggish_input import SAMPLE_RATE, pad_examples, waveform_to_examples
-from avseg.data.avsbench import ClipRecord, read_semantic_index, read_v1_index
+from avseg.data.avsbench_dataset import ClipRecord, read_semantic_index, read_v1_index
 from avseg.data.synthetic import single_threaded_torch, write_jpeg, write_log_mel_pickle, write_png, write_wav
 from avseg.errors import AvsegError, DatasetError, MediaError
 

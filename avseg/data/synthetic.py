@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from avseg.audio.vggish_input import SAMPLE_RATE, pad_examples, waveform_to_examples
-from avseg.data.avsbench import (
+from avseg.data.avsbench_dataset import (
     SEMANTIC_SETS,
     ClipRecord,
     semantic_clip_record,

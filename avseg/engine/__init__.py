@@ -3,8 +3,8 @@
 * :func:`train` / :class:`Trainer` (``avseg.engine.trainer``): the loop behind ``tools/train.py``.
 * ``avseg.engine.checkpointing``: RNG states, resume checks, non-strict ``init_from`` with a key report.
 * ``avseg.engine.distributed``: torchrun process group, samplers, small collectives.
-* ``avseg.engine.logging_utils``: tqdm, TensorBoard, ``train_log.csv``, ``curves.png``.
-* ``avseg.engine.run``: run folder, logging set-up, seeding, device selection.
+* ``avseg.engine.training_log``: tqdm, TensorBoard, ``train_log.csv``, ``curves.png``.
+* ``avseg.engine.run_setup``: run folder, logging set-up, seeding, device selection.
 """
 from avseg.engine.trainer import NonFiniteLossError, Trainer, TrainResult, train
 

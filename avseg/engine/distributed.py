@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
-from avseg.engine.run import select_device
+from avseg.engine.run_setup import select_device
 from avseg.errors import ConfigError
 
 

@@ -42,8 +42,8 @@ from avseg.engine.distributed import (
     shutdown_distributed,
     unwrap_model,
 )
-from avseg.engine.logging_utils import TrainingLogger
-from avseg.engine.run import CPU_ALLOCATOR_MODES, get_logger, make_run_dir, seed_everything, setup_logging, tune_cpu_allocator
+from avseg.engine.training_log import TrainingLogger
+from avseg.engine.run_setup import CPU_ALLOCATOR_MODES, get_logger, make_run_dir, seed_everything, setup_logging, tune_cpu_allocator
 from avseg.errors import AvsegError, CheckpointError, ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")

@@ -40,7 +40,7 @@ from PIL import Image
 
 from avseg.audio.io import load_audio
 from avseg.audio.vggish_input import MIN_SAMPLES, SAMPLE_RATE, pad_examples, waveform_to_examples
-from avseg.data.avsbench import SEMANTIC_FRAMES, SEMANTIC_SETS, V1_FRAMES, normalize_frames
+from avseg.data.avsbench_dataset import SEMANTIC_FRAMES, SEMANTIC_SETS, V1_FRAMES, normalize_frames
 from avseg.errors import MediaError
 from avseg.inference.video import (
     VideoInfo,
@@ -181,7 +181,7 @@ class Segmenter:
 
     def __init__(self, model: torch.nn.Module, cfg: DictConfig, device: Union[str, torch.device, None] = None,
                  batch_size: int = 4, threshold: float = 0.5, clip_seconds: Optional[int] = None):
-        from avseg.engine.run import select_device
+        from avseg.engine.run_setup import select_device
 
         self.device = select_device("auto" if device is None else str(device))
         self.model = model.to(self.device).eval()

@@ -3,7 +3,7 @@
 ``build_model(cfg)`` builds the model named by ``cfg.model.name``; ``load_model(path)`` rebuilds one
 from an avseg checkpoint; ``load_weights(model, path)`` also reads official AVSBench/MMVAE-AVS files.
 """
-from avseg.models.avsbench import AVSBenchModel, DilatedConvSum, build_avsbench_model
+from avseg.models.tpavi_model import AVSBenchModel, DilatedConvSum, build_avsbench_model
 from avseg.models.backbones import BACKBONES, VisualBackbone, build_backbone
 from avseg.models.convert import convert_avsbench_state_dict
 from avseg.models.decoders import FeatureFusionBlock, RefineDecoder, ResidualConvUnit

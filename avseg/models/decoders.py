@@ -17,7 +17,7 @@ head name     ``output_conv.{0,2,4}``                      ``head_up_2.output_co
 
 The AVSBench RCU starts with ``nn.ReLU(inplace=True)``, so its residual branch adds ReLU(x), not x:
 that is reproduced here (without the in-place write). The official in-place ReLU also rectifies the
-fused maps that the AV-map loss later reads; :class:`avseg.models.avsbench.AVSBenchModel` applies the
+fused maps that the AV-map loss later reads; :class:`avseg.models.tpavi_model.AVSBenchModel` applies the
 same ReLU before that loss. The deepest block of both official decoders owns a ``resConfUnit1`` that
 is never called; it is not created here (converters drop its weights), so no parameter goes unused.
 """

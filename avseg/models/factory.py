@@ -30,7 +30,7 @@ def build_model(cfg: DictConfig) -> nn.Module:
     """The model named by ``cfg.model.name``, with pretrained parts loaded from the files the config names."""
     name = cfg.model.name
     if name == "tpavi":
-        from avseg.models.avsbench import build_avsbench_model
+        from avseg.models.tpavi_model import build_avsbench_model
 
         return build_avsbench_model(cfg)
     if name == "ecmvae":

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from tqdm import tqdm
 
-from avseg.engine.run import get_logger
+from avseg.engine.run_setup import get_logger
 from avseg.fileio import atomic_path, atomic_write_text
 
 CSV_NAME = "train_log.csv"
