@@ -9,6 +9,9 @@ from avseg.models.convert import convert_avsbench_state_dict
 from avseg.models.decoders import FeatureFusionBlock, RefineDecoder, ResidualConvUnit
 from avseg.models.factory import LoadReport, build_model, detect_format, load_model, load_weights
 from avseg.models.tpavi import TPAVI
+from avseg.models import registry
+from avseg.models.ecmvae import ECMVAE, build_ecmvae
+import avseg.vae.models  # noqa: F401  registers the image AE/VAE models
 
 __all__ = [
     "AVSBenchModel",
@@ -19,6 +22,9 @@ __all__ = [
     "RefineDecoder",
     "ResidualConvUnit",
     "TPAVI",
+    "ECMVAE",
+    "build_ecmvae",
+    "registry",
     "VisualBackbone",
     "build_avsbench_model",
     "build_backbone",

@@ -53,6 +53,7 @@ from avseg.losses.segmentation import SEGMENTATION_LOSSES, segmentation_loss
 from avseg.models.backbones import feature_key
 from avseg.models.decoders import RefineDecoder
 from avseg.models.ecmvae_latent import POSTERIOR, PRIOR, FactorisedLatents, Gaussian, reparameterise
+from avseg.models.registry import ModelRecord, register
 from avseg.models.tpavi import TPAVI
 
 LATENT_NOISE_KEYS = ("vs", "as", "c")
@@ -470,3 +471,7 @@ def build_ecmvae(cfg) -> ECMVAE:
         sample_at_test=ecmvae_cfg.sample_at_test,
         num_samples=ecmvae_cfg.num_samples,
     )
+
+
+register(ModelRecord("ecmvae", build_ecmvae, ECMVAE.batch_keys, "avs",
+                     description="ECMVAE (Mao et al., ICCV 2023)"))

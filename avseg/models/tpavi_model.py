@@ -33,6 +33,7 @@ from avseg.errors import ConfigError
 from avseg.losses import avm_loss, segmentation_loss
 from avseg.losses.segmentation import SEGMENTATION_LOSSES
 from avseg.models.decoders import RefineDecoder
+from avseg.models.registry import ModelRecord, register
 from avseg.models.tpavi import TPAVI
 
 NECK_DILATIONS = (3, 6, 12, 18)
@@ -180,3 +181,7 @@ def build_avsbench_model(cfg) -> AVSBenchModel:
         seg_loss=model_cfg.seg_loss,
         avm_weight=model_cfg.avm_weight,
     )
+
+
+register(ModelRecord("tpavi", build_avsbench_model, AVSBenchModel.batch_keys, "avs",
+                     description="AVSBench TPAVI baseline (Zhou et al., ECCV 2022)"))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avseg.errors import ConfigError
+from avseg.models.registry import ModelRecord, register
 from avseg.vae.losses import LossSettings
 
 BATCH_NORM_EPS = 1e-3  # Keras BatchNormalization default
@@ -328,3 +329,7 @@ def build_vae_model(cfg) -> ImageAutoencoder:
         return FacesVAE(channels, size, settings.latent_dim, settings.num_features, settings.num_blocks, settings.negative_slope, loss)
     model_class = ConvAutoencoder if name == "conv_ae" else FashionVAE
     return model_class(channels, size, settings.latent_dim, FASHION_CHANNELS, loss)
+
+
+for _name in VAE_MODELS:
+    register(ModelRecord(_name, build_vae_model, ImageAutoencoder.batch_keys, "image"))

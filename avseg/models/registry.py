@@ -1,0 +1,98 @@
+"""The model registry: each model family file registers one :class:`ModelRecord`, everything else asks here.
+
+A record says how to build the model from a config (``from_config``, the only code that reads
+``cfg.model.*`` keys for it), which official weight layouts it converts (``converters``: format name →
+function ``state_dict -> ConversionResult``), which batch entries its ``forward`` takes
+(``batch_keys``), what kind of task it serves (``task``: ``"avs"`` or ``"image"``) and, for the contract
+test, the overrides that make a tiny instance (``tiny_overrides``). A new model is one file that ends with
+``register(ModelRecord(...))`` and one import line in :mod:`avseg.models`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from avseg.errors import ConfigError
+
+
+@dataclass
+class ConversionResult:
+    """A converted state dict, the release keys dropped on purpose (unused by the release's own forward)
+    and the keys the converter did not recognise (reported as unexpected)."""
+
+    state_dict: Dict[str, torch.Tensor]
+    dropped: List[str] = field(default_factory=list)
+    unknown: List[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """An official weight layout: ``detect(state_dict) -> bool`` and ``convert(state_dict) -> ConversionResult``.
+
+    ``missing_ok`` are key prefixes such files never contain (kept from the model as built).
+    """
+
+    detect: Callable[[Mapping[str, torch.Tensor]], bool]
+    convert: Callable[[Dict[str, torch.Tensor]], ConversionResult]
+    missing_ok: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One registered model; see the module docstring."""
+
+    name: str
+    from_config: Callable[[Any], nn.Module]
+    batch_keys: Tuple[str, ...]
+    task: str
+    formats: Mapping[str, WeightFormat] = field(default_factory=dict)
+    tiny_overrides: Tuple[str, ...] = ()
+    description: str = ""
+
+
+_RECORDS: Dict[str, ModelRecord] = {}
+
+
+def register(record: ModelRecord) -> ModelRecord:
+    """Add ``record``; a second record under the same name is an error."""
+    if record.name in _RECORDS:
+        raise ValueError(f"model '{record.name}' is registered twice")
+    if record.task not in ("avs", "image"):
+        raise ValueError(f"model '{record.name}': task must be 'avs' or 'image', got '{record.task}'")
+    _RECORDS[record.name] = record
+    return record
+
+
+def names(task: Optional[str] = None) -> List[str]:
+    """The registered model names (of one ``task`` when given), sorted."""
+    return sorted(n for n, r in _RECORDS.items() if task is None or r.task == task)
+
+
+def get(name: str, key: str = "model.name") -> ModelRecord:
+    """The record of ``name``; an unknown name is a :class:`ConfigError` naming ``key`` and the choices."""
+    try:
+        return _RECORDS[name]
+    except KeyError:
+        raise ConfigError(f"key '{key}': unknown model '{name}' (expected one of {names()})") from None
+
+
+def formats() -> List[str]:
+    """Every official weight format some record converts, sorted."""
+    return sorted({f for r in _RECORDS.values() for f in r.formats})
+
+
+def record_of(model: nn.Module) -> ModelRecord:
+    """The record of a model built by :func:`avseg.models.build_model` (it carries ``model.cfg``)."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        raise ValueError(f"{type(model).__name__} was not built from a config (no .cfg): its record is unknown")
+    return get(cfg.model.name)
+
+
+def select_inputs(record: ModelRecord, batch: Mapping[str, Any], keys: Sequence[str] = ()) -> Dict[str, Any]:
+    """The entries of ``batch`` that ``record``'s forward takes (its ``batch_keys``, or ``keys`` when given)."""
+    wanted = tuple(keys) or record.batch_keys
+    return {k: batch[k] for k in wanted if k in batch}
