@@ -14,7 +14,11 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=find_packages(include=["avseg", "avseg.*"]),
+    # The repo's top-level configs/ ships inside the package as avseg/configs, so short names such as
+    # `--cfg ms3.yaml` resolve in an installed avseg too (avseg.config.CONFIG_DIR).
+    packages=find_packages(include=["avseg", "avseg.*"]) + ["avseg.configs"],
+    package_dir={"avseg.configs": "configs"},
+    package_data={"avseg.configs": ["*.yaml", "**/*.yaml"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
@@ -32,9 +36,13 @@ setup(
         "matplotlib>=3.7",
         "numpy>=1.24",
         "Pillow>=9",
+        "soxr>=0.3",
+        "safetensors>=0.4",
     ],
     extras_require={
         "dev": ["pytest>=7", "scikit-learn>=1.3", "scikit-image>=0.21"],
+        "faces": ["scikit-image>=0.21"],
+        "resampy": ["resampy>=0.4"],
     },
     entry_points={
         "console_scripts": [

@@ -2,22 +2,28 @@
 
 Every key is declared in the dataclasses below, so an unknown key or a value of the wrong type fails
 with a :class:`~avseg.errors.ConfigError` that names the key and the file (or the command-line override).
+The same declarations carry the allowed values: :func:`one_of` fields take one of a fixed set of strings
+(``train.amp``: auto | off | bf16 | fp16), :func:`bounded` fields a number in a range (``train.batch_size``
+>= 1). :func:`load_config` checks them after the merges and overrides, so a config that cannot run fails
+before anything is built or written, naming the key, the file that set it, the value and what is allowed.
 
 Example::
 
     cfg = load_config("ms3.yaml", ["train.lr=5e-5", "data.root=/data/avsbench"])
 
-``ms3.yaml`` resolves to ``configs/ms3.yaml`` when it is not an existing path. ``_base_`` holds one
+``ms3.yaml`` resolves to ``configs/ms3.yaml`` when it is not an existing path (the ``configs/`` folder
+of the checkout, or the copy an installed avseg ships as ``avseg/configs``). ``_base_`` holds one
 path or a list of paths relative to the file that names it; bases merge in order, the file on top,
 then the overrides. Lists are replaced, not concatenated.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -26,7 +32,9 @@ from omegaconf.errors import OmegaConfBaseException
 from avseg.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
+# An installed wheel carries the configs inside the package; a checkout (or editable install) reads the repo's.
+_PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = _PACKAGED_CONFIGS if _PACKAGED_CONFIGS.is_dir() else REPO_ROOT / "configs"
 
 
 # ----------------------------------------------------------------------------- data
