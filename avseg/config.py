@@ -37,6 +37,95 @@ _PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 CONFIG_DIR = _PACKAGED_CONFIGS if _PACKAGED_CONFIGS.is_dir() else REPO_ROOT / "configs"
 
 
+# ----------------------------------------------------------------------------- allowed values
+AVS_DATASETS = ("avsbench",)
+VAE_DATASETS = ("fashion_mnist", "celeba", "digits", "lfw")
+TASKS = ("s4", "ms3", "v1s", "v1m", "v2")  # the v1 layout has s4 and ms3, the semantic layout all five
+LAYOUTS = ("v1", "semantic")
+AUDIO_SOURCES = ("auto", "pkl", "wav")
+RESAMPLERS = ("soxr", "resampy")
+BINARIZE_MODES = ("none", "dynamic", "threshold")
+BACKBONES = ("resnet18", "resnet50", "pvt_v2_b0", "pvt_v2_b5")
+AUDIO_ENCODERS = ("vggish", "small")
+SEGMENTATION_LOSSES = ("bce", "structure")
+SHARED_DIVERGENCES = ("js_released", "js_mc", "kl")
+KL_FORMS = ("analytic", "released")
+MI_FORMS = ("released", "gaussian")
+VAE_LOSSES = ("book", "elbo")
+VAE_RECONSTRUCTIONS = ("bce", "mse")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("none", "step", "cosine")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+CPU_ALLOCATOR_MODES = ("auto", "tuned", "system")
+EVAL_AUDIO_MODES = ("normal", "shuffle", "silent")
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The strings a key accepts; with ``separator`` a list of them in one string (``normal,shuffle``)."""
+
+    values: Tuple[str, ...]
+    separator: Optional[str] = None
+
+    def problem(self, value: Any) -> Optional[str]:
+        """None when ``value`` is allowed, else what is wrong with it."""
+        items = [item.strip() for item in value.split(self.separator)] if self.separator else [value]
+        if all(item in self.values for item in items):
+            return None
+        allowed = ", ".join(self.values)
+        if self.separator:
+            return f"'{value}' is not a '{self.separator}'-separated list of {allowed}"
+        return f"'{value}' is not one of {allowed}"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a number (of each number, for a list); a None end is open. NaN and infinities never fit."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+
+    def admits(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (value == self.low and not self.low_inclusive)):
+            return False
+        return self.high is None or value < self.high or (value == self.high and self.high_inclusive)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>=' if self.low_inclusive else '>'} {self.low}"
+        return f"{'[' if self.low_inclusive else '('}{self.low}, {self.high}{']' if self.high_inclusive else ')'}"
+
+    def problem(self, value: Any) -> Optional[str]:
+        """None when ``value`` (None: unset) is allowed, else what is wrong with it."""
+        numbers = list(value) if isinstance(value, Sequence) else [] if value is None else [value]
+        bad = [number for number in numbers if not self.admits(number)]
+        if not bad:
+            return None
+        element = f" (element of {list(value)})" if isinstance(value, Sequence) else ""
+        return f"{bad[0]}{element} is out of range; allowed: {self}"
+
+
+def one_of(default: str, choices: Sequence[str], separator: Optional[str] = None):
+    """A string field that takes one of ``choices`` (checked by :func:`check_config`)."""
+    rule = Choices(tuple(choices), separator)
+    if rule.problem(default) is not None:
+        raise ValueError(f"schema default '{default}' is not one of {choices}")
+    return field(default=default, metadata={"rule": rule})
+
+
+def bounded(default: Any = None, low: Optional[float] = None, high: Optional[float] = None, *,
+            low_inclusive: bool = True, high_inclusive: bool = True, default_factory=None):
+    """A number field (or list of numbers, with ``default_factory``) within ``low``..``high``."""
+    metadata = {"rule": Bounds(low, high, low_inclusive, high_inclusive)}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 # ----------------------------------------------------------------------------- data
 @dataclass
 class VaeDataConfig:
@@ -51,13 +140,13 @@ class VaeDataConfig:
     (digits/lfw: a seeded shuffle, 0.2 when 0). ``max_images`` > 0 keeps the first N of a split.
     """
 
-    pad_to: int = 32
-    image_size: int = 64
-    binarize: str = "none"
-    binarize_seed: int = 0
+    pad_to: int = bounded(32, 1)
+    image_size: int = bounded(64, 1)
+    binarize: str = one_of("none", BINARIZE_MODES)
+    binarize_seed: int = bounded(0, 0)
     attributes_file: Optional[str] = None
-    val_fraction: float = 0.0
-    max_images: int = 0
+    val_fraction: float = bounded(0.0, 0.0, 1.0, high_inclusive=False)
+    max_images: int = bounded(0, 0)
 
 
 @dataclass
@@ -67,21 +156,22 @@ class DataConfig:
     ``layout`` v1|semantic; ``audio_source`` pkl|wav|auto; ``resampler`` soxr|resampy; ``feature_cache``
     folder for log-mels computed from wavs (null: ``~/.cache/avseg/log_mel``, ``off``: none);
     ``hflip_prob``/``scale_crop``: clip-consistent training augmentation (off at evaluation).
+    ``image_size`` >= 32, the backbones' output stride.
     """
 
-    name: str = "avsbench"
+    name: str = one_of("avsbench", AVS_DATASETS + VAE_DATASETS)
     root: str = "datasets/avsbench"
-    task: str = "s4"
-    layout: str = "v1"
-    image_size: int = 224
-    audio_source: str = "auto"
-    resampler: str = "soxr"
+    task: str = one_of("s4", TASKS)
+    layout: str = one_of("v1", LAYOUTS)
+    image_size: int = bounded(224, 32)
+    audio_source: str = one_of("auto", AUDIO_SOURCES)
+    resampler: str = one_of("soxr", RESAMPLERS)
     feature_cache: Optional[str] = None
-    hflip_prob: float = 0.0
-    scale_crop: float = 0.0
+    hflip_prob: float = bounded(0.0, 0.0, 1.0)
+    scale_crop: float = bounded(0.0, 0.0)
     train_split: str = "train"
     val_split: str = "val"
-    num_workers: int = 2
+    num_workers: int = bounded(2, 0)
     vae: VaeDataConfig = field(default_factory=VaeDataConfig)
 
 
@@ -94,16 +184,16 @@ class BackboneConfig:
     docs/models.md). ``drop_path_rate`` null means the papers' value (0.1 for pvt_v2_b5, else 0).
     """
 
-    name: str = "resnet18"
+    name: str = one_of("resnet18", BACKBONES)
     weights: Optional[str] = None
-    drop_path_rate: Optional[float] = None
+    drop_path_rate: Optional[float] = bounded(None, 0.0, 1.0, high_inclusive=False)
 
 
 @dataclass
 class AudioEncoderConfig:
     """Audio encoder: ``vggish`` (AVSBench) or ``small`` (trainable, for CPU/synthetic work)."""
 
-    name: str = "vggish"
+    name: str = one_of("vggish", AUDIO_ENCODERS)
     weights: Optional[str] = None
     freeze: bool = True
     final_relu: bool = True
@@ -114,21 +204,21 @@ class AudioEncoderConfig:
 class EcmvaeConfig:
     """ECMVAE latent path and loss weights (defaults as released; see docs/ecmvae.md)."""
 
-    latent_dim: int = 16
-    mi_dim: int = 6
-    encoder_channels: int = 16
-    kl_weight: float = 0.01
-    diff_weight: float = 0.001
-    mi_weight: float = 0.001
-    posterior_seg_weight: float = 1.0
-    shared_divergence: str = "js_released"
-    js_samples: int = 8
-    kl_form: str = "analytic"
-    mi_form: str = "released"
+    latent_dim: int = bounded(16, 1)
+    mi_dim: int = bounded(6, 1)
+    encoder_channels: int = bounded(16, 1)
+    kl_weight: float = bounded(0.01, 0.0)
+    diff_weight: float = bounded(0.001, 0.0)
+    mi_weight: float = bounded(0.001, 0.0)
+    posterior_seg_weight: float = bounded(1.0, 0.0)
+    shared_divergence: str = one_of("js_released", SHARED_DIVERGENCES)
+    js_samples: int = bounded(8, 1)
+    kl_form: str = one_of("analytic", KL_FORMS)
+    mi_form: str = one_of("released", MI_FORMS)
     latent_path: bool = True
     shared_only: bool = False
     sample_at_test: bool = False
-    num_samples: int = 1
+    num_samples: int = bounded(1, 1)
 
 
 @dataclass
@@ -143,17 +233,17 @@ class VaeModelConfig:
     evaluation images (0: not at all; each image costs ``iwae_samples`` decoder passes).
     """
 
-    latent_dim: int = 2
-    loss: str = "book"
-    recon: str = "bce"
-    beta: float = 500.0
-    kl_weight: float = 1.0
-    gaussian_variance: float = 1.0
-    num_features: int = 64
-    num_blocks: int = 5
-    negative_slope: float = 0.3
-    iwae_samples: int = 5000
-    iwae_images: int = 0
+    latent_dim: int = bounded(2, 1)
+    loss: str = one_of("book", VAE_LOSSES)
+    recon: str = one_of("bce", VAE_RECONSTRUCTIONS)
+    beta: float = bounded(500.0, 0.0, low_inclusive=False)
+    kl_weight: float = bounded(1.0, 0.0)
+    gaussian_variance: float = bounded(1.0, 0.0, low_inclusive=False)
+    num_features: int = bounded(64, 1)
+    num_blocks: int = bounded(5, 1)
+    negative_slope: float = bounded(0.3, 0.0)
+    iwae_samples: int = bounded(5000, 1)
+    iwae_images: int = bounded(0, 0)
 
 
 @dataclass
@@ -169,10 +259,10 @@ class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     fusion: bool = True
-    tpavi_stages: List[int] = field(default_factory=lambda: [0, 1, 2, 3])
-    neck_channels: int = 256
-    seg_loss: str = "bce"
-    avm_weight: float = 0.0
+    tpavi_stages: List[int] = bounded(low=0, high=3, default_factory=lambda: [0, 1, 2, 3])
+    neck_channels: int = bounded(256, 1)
+    seg_loss: str = one_of("bce", SEGMENTATION_LOSSES)
+    avm_weight: float = bounded(0.0, 0.0)
     ecmvae: EcmvaeConfig = field(default_factory=EcmvaeConfig)
     vae: VaeModelConfig = field(default_factory=VaeModelConfig)
 
@@ -192,23 +282,23 @@ class TrainConfig:
     ``find_unused_parameters`` and ``sync_bn`` only matter under DDP.
     """
 
-    epochs: int = 15
-    batch_size: int = 4
-    optimizer: str = "adam"
-    lr: float = 1.0e-4
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    lr_schedule: str = "none"
-    lr_step: int = 10
-    lr_gamma: float = 0.1
-    min_lr: float = 0.0
-    warmup_epochs: int = 0
-    grad_clip: float = 0.0
-    amp: str = "auto"
-    cpu_allocator: str = "auto"
-    val_every: int = 1
-    log_every: int = 10
-    max_steps_per_epoch: int = 0
+    epochs: int = bounded(15, 1)
+    batch_size: int = bounded(4, 1)
+    optimizer: str = one_of("adam", OPTIMIZERS)
+    lr: float = bounded(1.0e-4, 0.0)
+    weight_decay: float = bounded(0.0, 0.0)
+    momentum: float = bounded(0.9, 0.0, 1.0)
+    lr_schedule: str = one_of("none", LR_SCHEDULES)
+    lr_step: int = bounded(10, 1)
+    lr_gamma: float = bounded(0.1, 0.0)
+    min_lr: float = bounded(0.0, 0.0)
+    warmup_epochs: int = bounded(0, 0)
+    grad_clip: float = bounded(0.0, 0.0)
+    amp: str = one_of("auto", AMP_MODES)
+    cpu_allocator: str = one_of("auto", CPU_ALLOCATOR_MODES)
+    val_every: int = bounded(1, 0)
+    log_every: int = bounded(10, 0)
+    max_steps_per_epoch: int = bounded(0, 0)
     init_from: Optional[str] = None
     find_unused_parameters: bool = False
     sync_bn: bool = False
@@ -227,12 +317,12 @@ class EvalConfig:
     """
 
     split: str = "test"
-    batch_size: int = 4
-    audio: str = "normal"
-    shuffle_seed: int = 0
+    batch_size: int = bounded(4, 1)
+    audio: str = one_of("normal", EVAL_AUDIO_MODES, separator=",")
+    shuffle_seed: int = bounded(0, 0)
     save_masks: bool = False
     save_rle: bool = False
-    num_vis: int = 4
+    num_vis: int = bounded(4, 0)
 
 
 @dataclass
@@ -240,7 +330,7 @@ class AvsegConfig:
     """The whole configuration of a run."""
 
     name: str = ""
-    seed: int = 123
+    seed: int = bounded(123, 0)
     deterministic: bool = False
     device: str = "auto"
     output_dir: Optional[str] = None
@@ -248,6 +338,40 @@ class AvsegConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _schema_rules(schema: Any, prefix: str = "") -> Iterator[Tuple[str, Union[Choices, Bounds]]]:
+    for spec in fields(schema):
+        default = getattr(schema, spec.name)
+        if is_dataclass(default):
+            yield from _schema_rules(default, f"{prefix}{spec.name}.")
+        elif "rule" in spec.metadata:
+            yield f"{prefix}{spec.name}", spec.metadata["rule"]
+
+
+SCHEMA_RULES: Dict[str, Union[Choices, Bounds]] = dict(_schema_rules(AvsegConfig()))
+"""Dotted key -> the choices or range the schema declares for it (``train.amp``, ``data.image_size`` ...)."""
+
+
+def check_config(cfg: DictConfig, sources: Optional[Mapping[str, str]] = None, default_source: str = "config") -> None:
+    """Raise :class:`ConfigError` for the first value outside its declared choices or range.
+
+    The message names the key, where the value came from (``sources[key]``: a file or a command-line
+    override; ``default_source`` when not listed), the value and what is allowed.
+    """
+    for key, rule in SCHEMA_RULES.items():
+        problem = rule.problem(OmegaConf.select(cfg, key))
+        if problem is not None:
+            raise ConfigError(f"{(sources or {}).get(key, default_source)}: key '{key}': {problem}")
+
+
+def _dotted_keys(data: Mapping, prefix: str = "") -> Iterator[str]:
+    """The dotted keys of the leaves of a nested mapping (lists are leaves)."""
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            yield from _dotted_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
 
 
 # ----------------------------------------------------------------------------- loading
@@ -304,7 +428,8 @@ def _describe(exc: OmegaConfBaseException) -> str:
     return f"key '{key}': {message}" if key else message
 
 
-def _merge_file(schema: DictConfig, path: Path, chain: tuple) -> DictConfig:
+def _merge_file(schema: DictConfig, path: Path, chain: tuple, sources: Dict[str, str]) -> DictConfig:
+    """``schema`` with ``path`` and its bases merged in; ``sources`` records the file that set each key."""
     if path in chain:
         raise ConfigError(f"{path}: _base_ cycle through {' -> '.join(str(p) for p in chain)}")
     data = _read_yaml(path)
@@ -318,15 +443,24 @@ def _merge_file(schema: DictConfig, path: Path, chain: tuple) -> DictConfig:
         base_path = (path.parent / base).resolve()
         if not base_path.is_file():
             raise ConfigError(f"{path}: _base_ file not found: '{base}' (resolved to {base_path})")
-        merged = _merge_file(merged, base_path, chain + (path,))
+        merged = _merge_file(merged, base_path, chain + (path,), sources)
     try:
-        return OmegaConf.merge(merged, data)
+        merged = OmegaConf.merge(merged, data)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{path}: {_describe(exc)}") from None
+    sources.update(dict.fromkeys(_dotted_keys(data), str(path)))
+    return merged
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """Merge dotted ``key=value`` overrides; values are parsed as YAML (``train.lr=5e-5``)."""
+    """Merge dotted ``key=value`` overrides (values parsed as YAML: ``train.lr=5e-5``), then :func:`check_config`."""
+    sources: Dict[str, str] = {}
+    cfg = _merge_overrides(cfg, overrides, sources)
+    check_config(cfg, sources)
+    return cfg
+
+
+def _merge_overrides(cfg: DictConfig, overrides: Sequence[str], sources: Dict[str, str]) -> DictConfig:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
@@ -341,33 +475,41 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             cfg = OmegaConf.merge(cfg, update)
         except OmegaConfBaseException as exc:
             raise ConfigError(f"command-line override '{item}': {_describe(exc)}") from None
+        keys = _dotted_keys(parsed, f"{key}.") if isinstance(parsed, Mapping) else [key]
+        sources.update(dict.fromkeys(keys, f"command-line override '{item}'"))
     return cfg
 
 
 def load_config(name: Union[str, os.PathLike, None] = None, overrides: Sequence[str] = ()) -> DictConfig:
     """Load a config file (path or short name) with its bases and overrides, fully typed and checked.
 
-    With ``name=None`` the schema defaults are used. ``cfg.name`` defaults to the file's stem.
+    With ``name=None`` the schema defaults are used. ``cfg.name`` defaults to the file's stem. The
+    choices and ranges (:data:`SCHEMA_RULES`) are checked on the result, naming the file or override
+    that set a bad value.
     """
     schema = OmegaConf.structured(AvsegConfig)
+    sources: Dict[str, str] = {}
     if name is None:
         cfg = schema
     else:
         path = resolve_config_path(name).resolve()
-        cfg = _merge_file(schema, path, ())
+        cfg = _merge_file(schema, path, (), sources)
         if not cfg.name:
             cfg.name = path.stem
-    cfg = apply_overrides(cfg, overrides)
+    cfg = _merge_overrides(cfg, overrides, sources)
+    check_config(cfg, sources)
     OmegaConf.set_readonly(cfg, False)
     return cfg
 
 
 def config_from_dict(data: dict) -> DictConfig:
-    """Validate a plain dict (e.g. the config stored in a checkpoint) against the schema."""
+    """Validate a plain dict (e.g. the config stored in a checkpoint) against the schema, choices and ranges."""
     try:
-        return OmegaConf.merge(OmegaConf.structured(AvsegConfig), data)
+        cfg = OmegaConf.merge(OmegaConf.structured(AvsegConfig), data)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"stored config: {_describe(exc)}") from None
+    check_config(cfg, default_source="stored config")
+    return cfg
 
 
 def config_to_dict(cfg: DictConfig) -> dict:

@@ -1,9 +1,11 @@
-"""Config system: inheritance, overrides, errors naming key and file, short names, round trip."""
+"""Config system: inheritance, overrides, errors naming key and file, choices and ranges, short names, round trip."""
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from avseg.config import CONFIG_DIR, load_config, resolve_config_path, save_config
+from avseg import config as C
+from avseg.config import CONFIG_DIR, apply_overrides, config_from_dict, config_to_dict, load_config, resolve_config_path, save_config
 from avseg.errors import ConfigError
 
 
@@ -123,10 +125,114 @@ def test_saved_config_round_trip(tmp_path):
 
 
 def test_yaml_words_stay_strings_and_exponents_are_floats(tmp_path):
-    path = write(tmp_path / "x.yaml", "data: {feature_cache: off, audio_source: no}\ntrain: {lr: 5e-5}\n")
-    cfg = load_config(path, ["data.resampler=off", "deterministic=true"])
+    path = write(tmp_path / "x.yaml", "data: {feature_cache: off, train_split: no}\ntrain: {lr: 5e-5}\n")
+    cfg = load_config(path, ["eval.split=off", "deterministic=true"])
     assert cfg.data.feature_cache == "off"
-    assert cfg.data.audio_source == "no"
-    assert cfg.data.resampler == "off"
+    assert cfg.data.train_split == "no"
+    assert cfg.eval.split == "off"
     assert cfg.train.lr == pytest.approx(5e-5)
     assert cfg.deterministic is True
+
+
+# ----------------------------------------------------------------------------- choices and ranges
+@pytest.mark.parametrize("override, shown, allowed", [
+    ("data.image_size=0", "0", ">= 32"),
+    ("data.image_size=-64", "-64", ">= 32"),
+    ("eval.batch_size=0", "0", ">= 1"),
+    ("data.num_workers=-1", "-1", ">= 0"),
+    ("train.batch_size=-1", "-1", ">= 1"),
+    ("data.hflip_prob=1.5", "1.5", "[0.0, 1.0]"),
+    ("model.tpavi_stages=[0,4]", "4 (element of [0, 4])", "[0, 3]"),
+    ("model.vae.gaussian_variance=0", "0.0", "> 0.0"),
+    ("train.lr=.nan", "nan", ">= 0.0"),
+])
+def test_out_of_range_override_names_key_value_and_range(override, shown, allowed):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as info:
+        load_config("ms3.yaml", [override])
+    assert str(info.value) == f"command-line override '{override}': key '{key}': {shown} is out of range; allowed: {allowed}"
+
+
+def test_bad_choice_names_the_file_that_set_it_and_the_allowed_values(tmp_path):
+    write(tmp_path / "base.yaml", "model: {seg_loss: dice}\ntrain: {amp: bf17}\n")
+    child = write(tmp_path / "child.yaml", "_base_: base.yaml\ntrain: {amp: bf16}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(child)
+    assert str(info.value) == f"{tmp_path / 'base.yaml'}: key 'model.seg_loss': 'dice' is not one of bce, structure"
+    cfg = load_config(child, ["model.seg_loss=structure"])  # a later layer may repair a bad value
+    other = write(tmp_path / "other.yaml", "_base_: base.yaml\nmodel: {seg_loss: bce}\ntrain: {amp: bf18}\n")
+    with pytest.raises(ConfigError, match=r"other.yaml: key 'train.amp': 'bf18' is not one of auto, off, bf16, fp16$"):
+        load_config(other)
+    assert (cfg.train.amp, cfg.model.seg_loss) == ("bf16", "structure")
+
+
+def test_choices_stay_plain_strings_in_memory_and_on_disk(tmp_path):
+    cfg = load_config("ms3.yaml", ["train.amp=bf16", "eval.audio=normal,silent"])
+    assert type(cfg.train.amp) is str and f"{cfg.train.amp}" == "bf16"
+    save_config(cfg, tmp_path / "config.yaml")
+    assert "amp: bf16" in (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="'normal,loud' is not a ','-separated list of normal, shuffle, silent"):
+        load_config(None, ["eval.audio=normal,loud"])
+
+
+def test_stored_configs_and_later_overrides_are_checked():
+    stored = config_to_dict(load_config(None))
+    stored["eval"]["num_vis"] = -1
+    with pytest.raises(ConfigError, match="stored config: key 'eval.num_vis': -1 is out of range"):
+        config_from_dict(stored)
+    with pytest.raises(ConfigError, match="command-line override 'train.optimizer=lamb': key 'train.optimizer'"):
+        apply_overrides(load_config(None), ["train.optimizer=lamb"])
+
+
+def test_print_config_fails_at_load_time_and_creates_no_run_folder(tmp_path, capsys):
+    from avseg.cli.train import main
+
+    with pytest.raises(ConfigError, match="key 'train.batch_size': -1 is out of range"):
+        main(["--cfg", "ms3.yaml", "--print-config", "train.batch_size=-1"])
+    with pytest.raises(ConfigError, match="key 'data.image_size': 0 is out of range"):
+        main(["--cfg", "synthetic/s4_tpavi.yaml", "--out", str(tmp_path / "run"), "data.image_size=0"])
+    assert not (tmp_path / "run").exists() and capsys.readouterr().out == ""
+
+
+def test_schema_choices_match_what_the_code_implements():
+    from avseg.audio.io import RESAMPLERS
+    from avseg.audio.vggish import AUDIO_ENCODERS
+    from avseg.data import AVS_DATASETS
+    from avseg.data.avsbench_dataset import AUDIO_SOURCES, LAYOUTS, SEMANTIC_SETS
+    from avseg.engine.run_setup import CPU_ALLOCATOR_MODES
+    from avseg.engine.trainer import AMP_MODES, LR_SCHEDULES, OPTIMIZERS
+    from avseg.evaluation import AUDIO_MODES
+    from avseg.losses.latent import KL_FORMS, MI_FORMS, SHARED_DIVERGENCES
+    from avseg.losses.segmentation import SEGMENTATION_LOSSES
+    from avseg.models.backbones import BACKBONES
+    from avseg.vae.data import BINARIZE_MODES, VAE_DATASETS
+    from avseg.vae.losses import LOSS_CONVENTIONS, RECONSTRUCTIONS
+
+    implemented = {
+        "data.name": AVS_DATASETS + VAE_DATASETS, "data.task": SEMANTIC_SETS, "data.layout": LAYOUTS,
+        "data.audio_source": AUDIO_SOURCES, "data.resampler": RESAMPLERS, "data.vae.binarize": BINARIZE_MODES,
+        "model.backbone.name": BACKBONES, "model.audio.name": AUDIO_ENCODERS, "model.seg_loss": SEGMENTATION_LOSSES,
+        "model.ecmvae.shared_divergence": SHARED_DIVERGENCES, "model.ecmvae.kl_form": KL_FORMS,
+        "model.ecmvae.mi_form": MI_FORMS, "model.vae.loss": LOSS_CONVENTIONS, "model.vae.recon": RECONSTRUCTIONS,
+        "train.optimizer": OPTIMIZERS, "train.lr_schedule": LR_SCHEDULES, "train.amp": AMP_MODES,
+        "train.cpu_allocator": CPU_ALLOCATOR_MODES, "eval.audio": AUDIO_MODES,
+    }
+    declared = {key: rule.values for key, rule in C.SCHEMA_RULES.items() if isinstance(rule, C.Choices)}
+    assert declared.keys() == implemented.keys()
+    for key, values in implemented.items():
+        assert set(declared[key]) == set(values), key
+
+
+def numeric_keys(schema, prefix=""):
+    for spec in dataclasses.fields(schema):
+        default = getattr(schema, spec.name)
+        if dataclasses.is_dataclass(default):
+            yield from numeric_keys(default, f"{prefix}{spec.name}.")
+        elif spec.type in ("int", "float", "Optional[int]", "Optional[float]", "List[int]", "List[float]"):
+            yield f"{prefix}{spec.name}"
+
+
+def test_every_numeric_field_has_a_range():
+    numeric = list(numeric_keys(C.AvsegConfig()))
+    assert {"seed", "train.batch_size", "data.image_size", "model.tpavi_stages", "model.backbone.drop_path_rate"} <= set(numeric)
+    assert [key for key in numeric if not isinstance(C.SCHEMA_RULES.get(key), C.Bounds)] == []

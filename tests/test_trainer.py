@@ -16,7 +16,8 @@ from avseg.checkpoint import read_checkpoint, save_checkpoint
 from avseg.cli.common import run_cli
 from avseg.cli.train import main as train_main
 from avseg.config import load_config
-from avseg.engine.checkpointing import capture_rng_state, init_from_checkpoint, load_state_non_strict, restore_rng_state
+from avseg.engine.checkpointing import capture_rng_state, init_from_checkpoint, restore_rng_state
+from avseg.weights import load_into
 from avseg.engine.distributed import all_reduce_sum
 from avseg.engine.run_setup import tune_cpu_allocator
 from avseg.engine.trainer import NonFiniteLossError, lr_factor, resolve_amp, train
@@ -200,7 +201,7 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     status, err = _exit_status(["--cfg", "s4.yaml", f"train.init_from={tmp_path / 'nope.pth'}", "--out", str(tmp_path)], capsys)
     assert status == 2 and "train.init_from" in err and "nope.pth" in err
     status, err = _exit_status(["--cfg", "s4.yaml", "train.optimizer=lbfgs", "--print-config"], capsys)
-    assert status == 0  # printing the config does not build anything
+    assert status == 2 and "train.optimizer" in err and "lbfgs" in err  # the schema refuses it at load time
     status, err = _exit_status([], capsys)
     assert status == 2 and "--cfg is required" in err
 
@@ -240,7 +241,7 @@ def test_init_from_reports_keys_and_loads_matching_tensors(tmp_path):
     assert sorted(report.missing) == ["new_branch.bias", "new_branch.weight"]
     assert sorted(report.unexpected) == ["extra.bias", "extra.weight"]
     assert ("head.weight", (1, 8), (3, 8)) in report.shape_mismatched
-    text = report.format()
+    text = report.describe()
     assert "new_branch.bias (1)" in text and "extra.weight (1)" in text and "head.weight: checkpoint [1, 8] vs model [3, 8]" in text
 
     # Through the trainer: the report lands in log.txt.
@@ -260,7 +261,7 @@ def test_init_from_without_any_match_is_an_error(tmp_path):
 def test_module_prefix_is_stripped():
     model = TinyModel()
     state = {f"module.{key}": value + 1 for key, value in TinyModel().state_dict().items()}
-    report = load_state_non_strict(model, state)
+    report = load_into(model, state, strict=False)
     assert not report.missing and not report.unexpected
 
 

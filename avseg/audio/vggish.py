@@ -14,7 +14,7 @@ eval mode, run under ``torch.no_grad``; ``freeze: false`` makes it trainable.
 ``q = uint8((clip(P·(e − μ), −2, 2) + 2)·255/4)``, computed in float64 with *truncation* (torchvggish
 rounds instead). It has no gradient, so it requires a frozen VGGish. The encoder then returns
 ``q.float()`` (values 0..255). ``vggish_pca_params`` files are read safely: ``.npz`` without pickle, or
-``.pth`` with ``torch.load(weights_only=True)`` and an allowlist of exactly the numpy names needed to
+``.pth`` with :func:`avseg.weights.safe_load` and an allowlist of exactly the numpy names needed to
 rebuild plain float arrays.
 
 **Small encoder** (``model.audio.name: small``): four conv3×3-BN-ReLU stages with stride 2 (16, 32, 64,
@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from avseg.errors import CheckpointError, ConfigError
+from avseg.weights import safe_load
 
 EMBEDDING_DIM = 128
 PCA_CLIP = 2.0
@@ -99,11 +100,10 @@ def load_pca_params(path: os.PathLike) -> Tuple[torch.Tensor, torch.Tensor]:
             with np.load(path, allow_pickle=False) as data:
                 params = {k: data[k] for k in data.files}
         else:
-            with torch.serialization.safe_globals(_numpy_allowlist()):
-                params = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: cannot be read safely as VGGish PCA parameters ({first})") from None
+            params = safe_load(path, "VGGish PCA parameters file", _numpy_allowlist())
+    except (CheckpointError, OSError, ValueError) as exc:
+        reason = str(exc).split(": ", 1)[-1] if isinstance(exc, CheckpointError) else "not a numpy .npz archive of plain arrays"
+        raise CheckpointError(f"{path}: cannot be read safely as VGGish PCA parameters ({reason})") from None
     if not isinstance(params, dict) or not {"pca_eigen_vectors", "pca_means"} <= set(params):
         found = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise CheckpointError(f"{path}: expected keys 'pca_eigen_vectors' and 'pca_means', found {found}")
@@ -171,9 +171,9 @@ class VGGish(AudioEncoder):
 
 def load_vggish_weights(model: VGGish, path: os.PathLike) -> None:
     """Load ``vggish-10086976.pth`` (torchvggish/AVSBench) or a torchaudio-named VGGish state dict, strictly."""
-    from avseg.models.backbones import group_keys, read_weights_file
+    from avseg.weights import group_keys, read_state_dict
 
-    state = read_weights_file(path)
+    state = read_state_dict(path)
     renamed: Dict[str, torch.Tensor] = {}
     for key, value in state.items():
         for old, new in _TORCHAUDIO_PREFIXES.items():
@@ -246,9 +246,9 @@ def build_audio_encoder(cfg_audio) -> AudioEncoder:
             raise ConfigError("key 'model.audio.pca_weights': the PCA postprocessor belongs to VGGish, not the small encoder")
         model = SmallAudioEncoder(final_relu=cfg_audio.final_relu, freeze=cfg_audio.freeze)
         if cfg_audio.weights:
-            from avseg.models.backbones import read_weights_file
+            from avseg.weights import read_state_dict
 
-            state = read_weights_file(cfg_audio.weights)
+            state = read_state_dict(cfg_audio.weights)
             try:
                 model.load_state_dict(state)
             except RuntimeError as exc:

@@ -45,6 +45,7 @@ from avseg.audio.vggish_input import pad_examples
 from avseg.data.safe_pickle import load_tensor_pickle
 from avseg.errors import AvsegError, DatasetError
 from avseg.fileio import atomic_torch_save
+from avseg.weights import load_weights_only
 
 PathLike = Union[str, os.PathLike]
 
@@ -324,7 +325,7 @@ class LogMelSource:
         cache = self._cache_path(wav, num)
         if cache is not None and cache.is_file():
             try:
-                return torch.load(cache, map_location="cpu", weights_only=True)
+                return load_weights_only(cache)
             except Exception:
                 cache.unlink(missing_ok=True)
         try:

@@ -5,7 +5,7 @@ torch tensor refers to exactly three globals: ``torch._utils._rebuild_tensor_v2`
 ``torch.storage._load_from_bytes`` (its storage, itself a nested ``torch.save`` blob) and
 ``collections.OrderedDict`` (the empty backward-hook dict); protocol-2 pickles add ``_codecs.encode``
 for byte strings. This unpickler resolves only those, each to
-a checked replacement (the nested blob is read with ``torch.load(weights_only=True)``), and refuses every
+a checked replacement (the nested blob is read by :func:`avseg.weights.load_weights_only`), and refuses every
 other global and persistent id before anything is called. Nothing in a refused file is executed.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Union
 import torch
 
 from avseg.errors import DatasetError
+from avseg.weights import load_weights_only
 
 
 class _RefusedPickle(Exception):
@@ -30,9 +31,9 @@ def _load_storage_bytes(data: bytes):
     if not isinstance(data, (bytes, bytearray)):
         raise _RefusedPickle("tensor storage is not a byte string")
     try:
-        storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise _RefusedPickle(f"tensor storage rejected by torch.load(weights_only=True): {exc}") from None
+        storage = load_weights_only(io.BytesIO(data))
+    except Exception:  # torch's message would suggest weights_only=False: never repeat that
+        raise _RefusedPickle("its tensor storage is not a weights-only torch blob") from None
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise _RefusedPickle(f"tensor storage decoded to {type(storage).__name__}, not a torch storage")
     return storage

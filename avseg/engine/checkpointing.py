@@ -9,9 +9,7 @@ rank: Python, numpy, torch CPU and CUDA generator states).
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import torch
@@ -19,6 +17,7 @@ from torch import nn
 
 from avseg.checkpoint import read_checkpoint
 from avseg.errors import CheckpointError
+from avseg.weights import LoadReport, load_into
 
 
 # ----------------------------------------------------------------------------- RNG states
@@ -56,89 +55,14 @@ def restore_rng_state(state: Mapping[str, Any], device: Optional[torch.device] =
 
 
 # ----------------------------------------------------------------------------- non-strict loading
-@dataclass
-class KeyReport:
-    """What a non-strict load did: keys loaded, missing from the checkpoint, unexpected, or skipped for shape."""
-
-    loaded: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)
-    unexpected: List[str] = field(default_factory=list)
-    shape_mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
-
-    @staticmethod
-    def _grouped(keys: List[str], depth: int = 2) -> str:
-        groups: "OrderedDict[str, int]" = OrderedDict()
-        for key in keys:
-            parts = key.split(".")
-            prefix = ".".join(parts[:depth]) + (".*" if len(parts) > depth else "")
-            groups[prefix] = groups.get(prefix, 0) + 1
-        return ", ".join(f"{prefix} ({count})" for prefix, count in groups.items())
-
-    def format(self, max_examples: int = 5) -> str:
-        """A few human-readable lines, keys grouped by their first two dotted components."""
-        lines = [f"loaded {len(self.loaded)} tensors"]
-        if self.missing:
-            lines.append(f"missing from the checkpoint ({len(self.missing)}): {self._grouped(self.missing)}")
-        if self.unexpected:
-            lines.append(f"unexpected (not in the model) ({len(self.unexpected)}): {self._grouped(self.unexpected)}")
-        if self.shape_mismatched:
-            keys = [key for key, _, _ in self.shape_mismatched]
-            lines.append(f"shape mismatch ({len(keys)}): {self._grouped(keys)}")
-            for key, ckpt_shape, model_shape in self.shape_mismatched[:max_examples]:
-                lines.append(f"  {key}: checkpoint {list(ckpt_shape)} vs model {list(model_shape)}")
-            if len(keys) > max_examples:
-                lines.append(f"  ... and {len(keys) - max_examples} more")
-        return "\n".join(lines)
-
-
-def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module.") -> Dict[str, torch.Tensor]:
-    """Drop a ``DataParallel``/DDP ``module.`` prefix when every key has it."""
-    if state_dict and all(key.startswith(prefix) for key in state_dict):
-        return {key[len(prefix):]: value for key, value in state_dict.items()}
-    return dict(state_dict)
-
-
-def compare_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Tuple[KeyReport, Dict[str, torch.Tensor]]:
-    """How ``state_dict`` fits ``model`` by name and shape, and the tensors that fit (nothing is loaded)."""
-    state_dict = strip_prefix(state_dict)
-    own = model.state_dict()
-    report = KeyReport()
-    matched = {}
-    for key, value in state_dict.items():
-        if key not in own:
-            report.unexpected.append(key)
-        elif tuple(value.shape) != tuple(own[key].shape):
-            report.shape_mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
-        else:
-            matched[key] = value
-            report.loaded.append(key)
-    report.missing = [key for key in own if key not in state_dict]
-    return report, matched
-
-
-def load_state_non_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> KeyReport:
-    """Copy every tensor whose name and shape match into ``model``; report the rest."""
-    report, matched = compare_state(model, state_dict)
-    model.load_state_dict(matched, strict=False)
-    return report
-
-
-def load_state_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str) -> None:
-    """Load every tensor or fail with a :class:`CheckpointError` that shows the key report."""
-    report, _ = compare_state(model, state_dict)
-    if report.missing or report.unexpected or report.shape_mismatched:
-        raise CheckpointError(f"{path}: the weights do not fit the model built from the config:\n{report.format()}")
-    model.load_state_dict(strip_prefix(state_dict))
-
-
-def init_from_checkpoint(model: nn.Module, path: str) -> KeyReport:
+def init_from_checkpoint(model: nn.Module, path: str) -> LoadReport:
     """Initialise ``model`` non-strictly from the avseg checkpoint at ``path`` (``train.init_from``)."""
     payload = read_checkpoint(path)
-    report = load_state_non_strict(model, payload["model"])
+    report = load_into(model, payload["model"], path, strict=False)
     if not report.loaded:
         raise CheckpointError(
             f"train.init_from: no tensor of {path} (model '{payload.get('model_name')}') matches the model "
-            f"being trained by name and shape:\n{report.format()}"
+            f"being trained by name and shape:\n{report.describe()}"
         )
     return report
 

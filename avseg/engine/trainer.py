@@ -26,7 +26,6 @@ from avseg.engine.checkpointing import (
     capture_rng_state,
     check_resume_compatible,
     init_from_checkpoint,
-    load_state_strict,
     restore_rng_state,
 )
 from avseg.engine.distributed import (
@@ -45,6 +44,7 @@ from avseg.engine.distributed import (
 from avseg.engine.training_log import TrainingLogger
 from avseg.engine.run_setup import CPU_ALLOCATOR_MODES, get_logger, make_run_dir, seed_everything, setup_logging, tune_cpu_allocator
 from avseg.errors import AvsegError, CheckpointError, ConfigError
+from avseg.weights import load_into
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("none", "step", "cosine")
@@ -242,14 +242,14 @@ class Trainer:
         report = init_from_checkpoint(self.bare_model, path)
         self.logger.info(
             f"initialised from {path} (missing tensors keep their initial values; unexpected and "
-            f"shape-mismatched ones are ignored):\n{report.format()}"
+            f"shape-mismatched ones are ignored):\n{report.describe()}"
         )
 
     def resume(self, path: str) -> None:
         """Restore model, optimiser, scheduler, scaler, counters, best metric, history and RNG states."""
         payload = read_checkpoint(path)
         check_resume_compatible(payload, self.cfg.model.name, str(path))
-        load_state_strict(self.bare_model, payload["model"], str(path))
+        load_into(self.bare_model, payload["model"], path)
         try:
             self.optimizer.load_state_dict(payload["optimizer"])
         except (ValueError, KeyError) as exc:

@@ -9,7 +9,7 @@ pvt_v2_b0      32, 64, 160, 256             original PVTv2 release or timm layou
 pvt_v2_b5      64, 128, 320, 512            original PVTv2 release (``pvt_v2_b5.pth``) or timm
 =============  ===========================  ==========================================
 
-Weights come only from a local file: it is read with ``torch.load(weights_only=True)`` (or
+Weights come only from a local file: it is read by :func:`avseg.weights.read_state_dict` (weights only, or
 safetensors), unwrapped (``state_dict``/``model`` entries, ``module.`` prefixes), remapped by timm's
 filter for the model (original PVTv2 names -> timm names), checked key by key against the network and
 handed to timm (``pretrained=True`` with the checked state dict as the pretrained source), so timm never
@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from avseg.errors import CheckpointError, ConfigError
+from avseg.weights import compare_state, read_state_dict
 
 BACKBONES: Dict[str, dict] = {
     "resnet18": dict(out_indices=(1, 2, 3, 4), drop_path_rate=0.0),
@@ -37,44 +38,6 @@ BACKBONES: Dict[str, dict] = {
 }
 
 _CLASSIFIER_PREFIXES = ("fc.", "head.")
-_WRAPPER_KEYS = ("state_dict", "model", "module")
-
-
-def _first_lines(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def read_weights_file(path: os.PathLike) -> Dict[str, torch.Tensor]:
-    """A plain ``{name: tensor}`` dict from a ``.pth``/``.pt``/``.safetensors`` file, safely.
-
-    Checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``) are unwrapped and
-    ``module.`` prefixes (DataParallel) are removed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            payload = load_file(str(path), device="cpu")
-        else:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, unsafe or foreign files raise many types
-        raise CheckpointError(f"{path}: cannot be read as a weights-only torch/safetensors file ({_first_lines(exc)})") from None
-    while isinstance(payload, dict) and not any(torch.is_tensor(v) for v in payload.values()):
-        inner = next((payload[k] for k in _WRAPPER_KEYS if isinstance(payload.get(k), dict)), None)
-        if inner is None:
-            break
-        payload = inner
-    if not isinstance(payload, dict) or not any(torch.is_tensor(v) for v in payload.values()):
-        raise CheckpointError(f"{path}: holds no state dict (expected a mapping of parameter names to tensors)")
-    return {_strip_prefix(k, "module."): v for k, v in payload.items() if torch.is_tensor(v)}
-
-
-def _strip_prefix(key: str, prefix: str) -> str:
-    return key[len(prefix):] if key.startswith(prefix) else key
 
 
 def feature_key(full_key: str) -> str:
@@ -82,50 +45,21 @@ def feature_key(full_key: str) -> str:
     return re.sub(r"^stages\.(\d+)\.", r"stages_\1.", full_key)
 
 
-def group_keys(keys: Sequence[str], depth: int = 2, max_groups: int = 12) -> str:
-    """``a.b.c.weight, a.b.d.bias, x.y`` -> ``a.b.* (2), x.y`` (for readable key reports)."""
-    groups: Dict[str, int] = {}
-    members: Dict[str, str] = {}
-    for key in keys:
-        parts = key.split(".")
-        head = ".".join(parts[:depth]) + (".*" if len(parts) > depth else "")
-        groups[head] = groups.get(head, 0) + 1
-        members.setdefault(head, key)
-    items = [f"{head} ({count})" if count > 1 else members[head] for head, count in groups.items()]
-    more = f", ... {len(items) - max_groups} more groups" if len(items) > max_groups else ""
-    return ", ".join(items[:max_groups]) + more
-
-
-def _describe_mismatch(path, name, missing, unexpected, shapes) -> str:
-    lines = [f"{path}: not a {name} checkpoint"]
-    if missing:
-        lines.append(f"  missing ({len(missing)}): {group_keys(missing)}")
-    if unexpected:
-        lines.append(f"  unexpected ({len(unexpected)}): {group_keys(unexpected)}")
-    if shapes:
-        lines.append("  shape mismatch: " + "; ".join(f"{k} file {a} vs model {b}" for k, a, b in shapes[:5]))
-    return "\n".join(lines)
-
-
 def pretrained_state_dict(name: str, path: os.PathLike) -> Dict[str, torch.Tensor]:
     """Read and check ImageNet weights for backbone ``name``; returns a state dict in timm full-model names."""
     import timm
     from timm.models import pvt_v2
 
-    state_dict = read_weights_file(path)
+    state_dict = read_state_dict(path)
     if name.startswith("pvt_v2"):
         state_dict = pvt_v2.checkpoint_filter_fn(state_dict, None)
     with torch.device("meta"):
         reference = timm.create_model(name, pretrained=False, num_classes=0).state_dict()
-    missing = [k for k in reference if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in reference and not k.startswith(_CLASSIFIER_PREFIXES)]
-    shapes = [
-        (k, tuple(state_dict[k].shape), tuple(reference[k].shape))
-        for k in reference
-        if k in state_dict and state_dict[k].shape != reference[k].shape
-    ]
-    if missing or unexpected or shapes:
-        raise CheckpointError(_describe_mismatch(path, name, missing, unexpected, shapes))
+    counters = "num_batches_tracked"  # BatchNorm step counters: present in some files, never needed
+    weights = {k: v for k, v in state_dict.items() if not k.startswith(_CLASSIFIER_PREFIXES) and not k.endswith(counters)}
+    report, _ = compare_state({k: v for k, v in reference.items() if not k.endswith(counters)}, weights)
+    if report.missing or report.unexpected or report.shape_mismatched:
+        raise CheckpointError(f"{path}: not a {name} checkpoint\n{report.describe()}")
     return {k: v for k, v in state_dict.items() if k in reference}
 
 

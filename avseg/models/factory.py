@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -20,6 +19,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from avseg.errors import CheckpointError, ConfigError
+from avseg.weights import LoadReport, load_into, safe_load, strip_prefix
 
 AVS_MODELS = ("tpavi", "ecmvae")
 VAE_MODELS = ("conv_ae", "fashion_vae", "faces_vae")
@@ -88,49 +88,12 @@ def load_model(path: Union[str, os.PathLike], device: Optional[Union[str, torch.
     state_dict = payload.get("model")
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{path}: the checkpoint has no 'model' state dict")
-    result = model.load_state_dict(state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: weights do not match the '{cfg.model.name}' model of its own config\n"
-            + LoadReport(str(path), "avseg", result.missing_keys, result.unexpected_keys).describe()
-        )
+    load_into(model, state_dict, path)
     model.cfg = cfg
     return model.to(device or "cpu").eval()
 
 
 # ----------------------------------------------------------------------------- foreign weights
-@dataclass
-class LoadReport:
-    """What :func:`load_weights` did: the detected format and the keys left missing/unexpected/dropped."""
-
-    path: str
-    source_format: str
-    missing: List[str] = field(default_factory=list)
-    unexpected: List[str] = field(default_factory=list)
-    dropped_unused: List[str] = field(default_factory=list)
-    kept_from_model: List[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        from avseg.models.backbones import group_keys
-
-        lines = [f"{self.path}: {self.source_format} weights"]
-        for title, keys in (
-            ("missing (not in the file)", self.missing),
-            ("unexpected (not used by this model)", self.unexpected),
-            ("dropped (present in the release, unused by its own forward pass)", self.dropped_unused),
-            ("kept from the model as built (not part of such files)", self.kept_from_model),
-        ):
-            if keys:
-                lines.append(f"  {title}, {len(keys)} tensors: {group_keys(keys)}")
-        return "\n".join(lines)
-
-
-def _strip_module_prefix(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        return {k[len("module."):]: v for k, v in state_dict.items()}
-    return state_dict
-
-
 def detect_format(payload) -> str:
     """``avseg`` (checkpoint), ``avsbench`` or ``mmvae-avs`` (official state dicts); ``unknown`` otherwise."""
     from avseg.checkpoint import FORMAT
@@ -140,7 +103,7 @@ def detect_format(payload) -> str:
         return "avseg"
     if not isinstance(payload, dict):
         return "unknown"
-    state_dict = _strip_module_prefix({k: v for k, v in payload.items() if torch.is_tensor(v)})
+    state_dict = strip_prefix({k: v for k, v in payload.items() if torch.is_tensor(v)})
     if is_avsbench_state_dict(state_dict):
         return "avsbench"
     if any(k.startswith("encoder.") for k in state_dict) and any(k.startswith(("decoder_prior.", "mm_vae_model.")) for k in state_dict):
@@ -175,10 +138,9 @@ def load_weights(
     file, except the audio encoder for official files (they never contain it) and keys starting with
     one of ``allow_missing``.
     """
-    from avseg.checkpoint import torch_load_safely
     from avseg.models.convert import convert_avsbench_state_dict
 
-    payload = torch_load_safely(path)
+    payload = safe_load(path)
     source = detect_format(payload)
     if expected_format is not None and expected_format not in FORMATS:
         raise ConfigError(f"unknown weights format '{expected_format}' (expected one of {FORMATS})")
@@ -194,25 +156,11 @@ def load_weights(
     if source == "avseg":
         state_dict = payload["model"]
     else:
-        raw = _strip_module_prefix({k: v for k, v in payload.items() if torch.is_tensor(v)})
+        raw = strip_prefix({k: v for k, v in payload.items() if torch.is_tensor(v)})
         if source == "avsbench":
             state_dict, dropped, unknown = convert_avsbench_state_dict(raw)
             state_dict.update({k: raw[k] for k in unknown})  # reported as unexpected below
         else:
             state_dict, dropped = _convert_mmvae(raw)
         allowed += ("audio_encoder.",)
-    own = model.state_dict()
-    shapes = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state_dict.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if shapes:
-        raise CheckpointError(f"{path}: {len(shapes)} tensors have the wrong shape for this model: " + "; ".join(shapes[:6]))
-    result = model.load_state_dict(state_dict, strict=False)
-    kept = [k for k in result.missing_keys if k.startswith(allowed)]
-    missing = [k for k in result.missing_keys if not k.startswith(allowed)]
-    report = LoadReport(str(path), source, missing, list(result.unexpected_keys), dropped, kept)
-    if missing:
-        raise CheckpointError("weights are missing for parts of the model\n" + report.describe())
-    return report
+    return load_into(model, state_dict, path, source, missing_ok=allowed, allow_unexpected=True, dropped=dropped)
