@@ -13,6 +13,8 @@ install: $(STAMP)
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
+	@# optional extras for the export and browser-demo tests; those tests skip with a reason when absent
+	-$(PY) -m pip install -q -e '.[dev,web,export]' selenium || echo "warning: web/export extras not installed; their tests will be skipped"
 	@touch $(STAMP)
 
 test: $(STAMP)

@@ -42,6 +42,8 @@ setup(
     extras_require={
         "dev": ["pytest>=7", "scikit-learn>=1.3", "scikit-image>=0.21"],
         "faces": ["scikit-image>=0.21"],
+        "web": ["gradio>=4"],
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
         "resampy": ["resampy>=0.4"],
     },
     entry_points={
@@ -49,6 +51,8 @@ setup(
             "avseg-train=avseg.cli.train:entry",
             "avseg-eval=avseg.cli.eval:entry",
             "avseg-demo=avseg.cli.demo:entry",
+            "avseg-web=avseg.cli.web:entry",
+            "avseg-export=avseg.cli.export:entry",
         ]
     },
 )

@@ -156,6 +156,7 @@ class DataConfig:
     ``layout`` v1|semantic; ``audio_source`` pkl|wav|auto; ``resampler`` soxr|resampy; ``feature_cache``
     folder for log-mels computed from wavs (null: ``~/.cache/avseg/log_mel``, ``off``: none);
     ``hflip_prob``/``scale_crop``: clip-consistent training augmentation (off at evaluation).
+    ``resize_masks`` (v1 layout): resize a mask whose size differs from its frame instead of refusing it.
     ``image_size`` >= 32, the backbones' output stride.
     """
 
@@ -169,6 +170,7 @@ class DataConfig:
     feature_cache: Optional[str] = None
     hflip_prob: float = bounded(0.0, 0.0, 1.0)
     scale_crop: float = bounded(0.0, 0.0)
+    resize_masks: bool = False
     train_split: str = "train"
     val_split: str = "val"
     num_workers: int = bounded(2, 0)
@@ -380,6 +382,8 @@ def resolve_config_path(name: Union[str, os.PathLike]) -> Path:
     path = Path(name)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"config path '{name}' is a folder; expected a YAML config file (e.g. {path / 's4_tpavi_r50.yaml'})")
     candidates = [CONFIG_DIR / path, CONFIG_DIR / path.with_suffix(".yaml")]
     for candidate in candidates:
         if candidate.is_file():

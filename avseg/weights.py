@@ -77,10 +77,13 @@ def safe_load(path: PathLike, what: str = "checkpoint", allowed_globals: Sequenc
     ) from None
 
 
-def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module.") -> Dict[str, torch.Tensor]:
-    """Drop a ``DataParallel``/DDP-style ``prefix`` when every key has it."""
-    if state_dict and all(key.startswith(prefix) for key in state_dict):
-        return {key[len(prefix):]: value for key, value in state_dict.items()}
+def strip_prefix(
+    state_dict: Mapping[str, torch.Tensor], prefixes: Union[str, Sequence[str]] = ("module.",)
+) -> Dict[str, torch.Tensor]:
+    """Drop each ``DataParallel``/DDP-style prefix of ``prefixes``, in order, that every key has."""
+    for prefix in (prefixes,) if isinstance(prefixes, str) else prefixes:
+        if state_dict and all(key.startswith(prefix) for key in state_dict):
+            state_dict = {key[len(prefix):]: value for key, value in state_dict.items()}
     return dict(state_dict)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from avseg.cli.demo import write_outputs
+from avseg.inference.outputs import write_outputs
 from avseg.config import load_config
 from avseg.inference.segmenter import Segmenter
 from avseg.inference.video import Mp4Writer, choose_fps

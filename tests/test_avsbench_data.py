@@ -2,8 +2,6 @@
 import os
 import pickle
 import shutil
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from avseg.config import load_config
-from avseg.data import AVSBenchDataset, ClipAugment, build_dataset, load_tensor_pickle, read_v1_index
+from avseg.data import DATASETS, AVSBenchDataset, ClipAugment, build_dataset, load_tensor_pickle, read_v1_index
 from avseg.data.avsbench_dataset import IMAGENET_MEAN, IMAGENET_STD, mask_foreground
 from avseg.data.synthetic import make_synthetic
 from avseg.errors import DatasetError
@@ -189,8 +187,6 @@ def test_build_dataset_and_collate(synthetic_s4_root, monkeypatch):
     assert batch["frames"].shape == (2, 5, 3, 64, 64) and batch["log_mel"].shape == (2, 5, 1, 96, 64)
     assert batch["mask_valid"].shape == (2, 5) and len(batch["video_id"]) == 2
 
-    fake = types.ModuleType("avseg.vae.data")
-    fake.build_vae_dataset = lambda cfg, split, train: ("vae", split, train)
-    monkeypatch.setitem(sys.modules, "avseg.vae.data", fake)
+    monkeypatch.setitem(DATASETS, "fashion_mnist", lambda cfg, split, train: ("vae", split, train))
     vae_cfg = load_config(None, ["data.name=fashion_mnist"])
     assert build_dataset(vae_cfg, "val", train=False) == ("vae", "val", False)

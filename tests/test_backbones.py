@@ -5,9 +5,10 @@ import pytest
 import timm
 import torch
 import torchvision
+from omegaconf import OmegaConf
 
 from avseg.errors import CheckpointError, ConfigError
-from avseg.models.backbones import VisualBackbone
+from avseg.models.backbones import VisualBackbone, build_backbone
 
 EXPECTED_CHANNELS = {
     "resnet18": (64, 128, 256, 512),
@@ -82,5 +83,7 @@ def test_bad_weight_files(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"\x00" * 16)
     with pytest.raises(CheckpointError, match="cannot be read"):
         VisualBackbone("resnet18", weights=str(tmp_path / "junk.pth"))
-    with pytest.raises(ConfigError, match="unknown backbone"):
+    with pytest.raises(ValueError, match="^name: unknown backbone 'vit_base'"):
         VisualBackbone("vit_base")
+    with pytest.raises(ConfigError, match="^key 'model.backbone.name': unknown backbone 'vit_base'"):
+        build_backbone(OmegaConf.create({"name": "vit_base", "weights": None}))

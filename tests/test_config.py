@@ -236,3 +236,8 @@ def test_every_numeric_field_has_a_range():
     numeric = list(numeric_keys(C.AvsegConfig()))
     assert {"seed", "train.batch_size", "data.image_size", "model.tpavi_stages", "model.backbone.drop_path_rate"} <= set(numeric)
     assert [key for key in numeric if not isinstance(C.SCHEMA_RULES.get(key), C.Bounds)] == []
+
+
+def test_config_path_that_is_a_folder_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; expected a YAML config file"):
+        load_config(str(tmp_path))

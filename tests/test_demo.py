@@ -109,3 +109,66 @@ def test_interrupted_output_leaves_nothing(tmp_path):
                 writer.write(np.zeros((21, 33, 3), np.uint8))
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_that_are_inputs_are_refused_before_decoding(tmp_path, tiny_checkpoint, capsys):
+    video = write_video(tmp_path / "in.mp4", 2.0, fps=4)
+    original = video.read_bytes()
+    (tmp_path / "link.mp4").symlink_to(video)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index in range(4):
+        Image.fromarray(np.full((48, 64, 3), 50 * index, np.uint8)).save(folder / f"{index:06d}.png")
+    frames_before = sorted(p.name for p in folder.iterdir())
+    wav = tmp_path / "sound.wav"
+    soundfile.write(wav, np.zeros(2 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    base = ["--ckpt", str(tiny_checkpoint), "--quiet"]
+    from_video = base + ["--video", str(video)]
+    from_frames = base + ["--frames", str(folder), "--audio", str(wav), "--frame-rate", "2"]
+    for argv, option in [
+        (from_video + ["--out", str(video)], "--out"),
+        (from_video + ["--out", str(tmp_path / "link.mp4")], "--out"),  # a symlink to the input
+        (from_video + ["--strip", str(video)], "--strip"),
+        (from_video + ["--rle", str(video)], "--rle"),
+        (from_video + ["--rle", str(tiny_checkpoint)], "--rle"),
+        (from_frames + ["--save-masks", str(folder)], "--save-masks"),
+        (from_frames + ["--strip", str(folder / "strip.png")], "--strip"),
+        (from_frames + ["--out", str(tmp_path / "o.mp4"), "--rle", str(wav)], "--rle"),
+    ]:
+        assert exit_status(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert option in err and "Traceback" not in err
+    assert video.read_bytes() == original
+    assert sorted(p.name for p in folder.iterdir()) == frames_before
+
+
+def test_check_outputs_not_inputs(tmp_path):
+    from avseg.errors import MediaError
+    from avseg.inference.outputs import check_outputs_not_inputs
+
+    video, folder = tmp_path / "a.mp4", tmp_path / "frames"
+    video.write_bytes(b"x")
+    folder.mkdir()
+    check_outputs_not_inputs({"--video": video}, files={"--out": tmp_path / "b.mp4"}, folders={"--save-masks": tmp_path / "m"})
+    check_outputs_not_inputs({"--frames": folder}, folders={"--save-masks": folder / "masks"})  # a subfolder is not read
+    with pytest.raises(MediaError, match="--out .* is the input --video"):
+        check_outputs_not_inputs({"--video": video}, files={"--out": tmp_path / "." / "a.mp4"})
+    with pytest.raises(MediaError, match="same output path"):
+        check_outputs_not_inputs({"--video": video}, files={"--out": tmp_path / "o.png", "--strip": tmp_path / "o.png"})
+    with pytest.raises(MediaError, match="--save-masks .* is the input --video"):
+        check_outputs_not_inputs({"--video": video}, folders={"--save-masks": video})
+
+
+def test_an_image_model_checkpoint_is_refused_with_its_kind(tmp_path, capsys):
+    from avseg.checkpoint import save_checkpoint
+    from avseg.config import load_config
+    from avseg.models import build_model
+
+    cfg = load_config(None, ["model.name=fashion_vae", "data.name=fashion_mnist"])
+    checkpoint = tmp_path / "vae.pth"
+    save_checkpoint(checkpoint, build_model(cfg).state_dict(), cfg)
+    video = write_video(tmp_path / "in.mp4", 2.0, fps=4)
+    assert exit_status(["--ckpt", str(checkpoint), "--video", str(video), "--out", str(tmp_path / "o.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "'fashion_vae' is an image autoencoder/VAE" in err and "Traceback" not in err
+    assert not (tmp_path / "o.mp4").exists()

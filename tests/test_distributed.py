@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from avseg.checkpoint import read_checkpoint
-from avseg.engine.distributed import ContiguousShardSampler, EpochShuffleSampler
+from avseg.data.loaders import ContiguousShardSampler, EpochShuffleSampler
 from test_trainer import TinyDataset, TinyEvaluator, TinyModel
 
 
@@ -50,10 +50,12 @@ def _ddp_worker(rank, world_size, port, out_dir):
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo",
     )
     torch.set_num_threads(1)
-    from test_trainer import builders, tiny_config
+    from test_trainer import TINY_RECORD, builders, tiny_config
 
     from avseg.engine.trainer import train
+    from avseg.models import registry
 
+    registry.register(TINY_RECORD)  # a fresh (spawned) process: the test's fixture does not reach here
     result = train(tiny_config("train.epochs=2", "train.batch_size=3"), out=out_dir, **builders())
     torch.save({"rank": rank, "steps": result.steps}, os.path.join(os.path.dirname(out_dir), f"rank{rank}.pt"))
 

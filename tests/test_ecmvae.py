@@ -2,6 +2,7 @@
 
 Everything runs a ResNet-18 at 64 px with the small audio encoder (a 2×2 latent grid).
 """
+import dataclasses
 import math
 
 import pytest
@@ -12,7 +13,7 @@ from avseg.config import load_config
 from avseg.errors import ConfigError
 from avseg.losses.segmentation import structure_loss
 from avseg.models import build_model, load_weights
-from avseg.models.ecmvae import ECMVAE, build_ecmvae, convert_mmvae_avs_state_dict
+from avseg.models.ecmvae import ECMVAE, ECMVAELoss, build_ecmvae, convert_mmvae_avs_state_dict
 
 SIZE = 64
 BASE = ["model.name=ecmvae", "model.backbone.name=resnet18", "model.audio.name=small", "model.audio.freeze=false",
@@ -163,7 +164,7 @@ def test_ablations_build_the_expected_parts():
     assert keys["mm_vae_model.noise_model_prior.noise_conv.weight"].shape == (128, 128 + 16, 1, 1)
     out = shared(**batch)
     assert set(out) == {"logits", "seg_prior", "seg_post", "kl", "loss"}
-    shared.shared_divergence = "js_mc"
+    shared.loss = dataclasses.replace(shared.loss, shared_divergence="js_mc")
     out = shared(**batch)
     assert torch.isfinite(out["kl"]) and 0 < out["kl"] < math.log(2)
 
@@ -269,7 +270,8 @@ def official_state_dict(seed=0, channels=128, latent=16, audio=128, mi=6, base=1
 def test_official_layout_converts_and_loads_without_missing_inference_keys(tmp_path):
     official = official_state_dict()
     model = make_model()
-    converted, dropped = convert_mmvae_avs_state_dict({f"module.{k}": v for k, v in official.items()})
+    conversion = convert_mmvae_avs_state_dict({f"module.{k}": v for k, v in official.items()})
+    converted, dropped = conversion.state_dict, conversion.dropped
     assert sorted(dropped) == sorted(k for k in official if k.startswith("audio_neck.") or ".fusion_block_1.resConfUnit1." in k)
     result = model.load_state_dict(converted, strict=False)
     assert result.unexpected_keys == []
@@ -344,7 +346,7 @@ def test_prior_path_equals_a_straightforward_reference_with_the_same_weights_and
 
     official = {k: v.double() if v.is_floating_point() else v for k, v in official_state_dict(seed=3).items()}
     model = make_model()
-    model.load_state_dict(convert_mmvae_avs_state_dict(official)[0], strict=False)
+    model.load_state_dict(convert_mmvae_avs_state_dict(official).state_dict, strict=False)
     model = model.double().eval()
     batch = make_batch(batch=2, frames=2, seed=5)
     frames, log_mel = batch["frames"].double(), batch["log_mel"].double()
@@ -395,3 +397,17 @@ def test_build_model_dispatches_to_ecmvae():
     cfg = load_config(None, BASE)
     model = build_model(cfg)
     assert isinstance(model, ECMVAE) and model.batch_keys == ("frames", "log_mel", "masks", "mask_valid")
+
+
+def test_modules_name_their_arguments_and_the_builder_names_config_keys():
+    with pytest.raises(ValueError, match="^kl_form: unknown value 'exact'"):
+        ECMVAELoss(kl_form="exact")
+    parts = make_model()
+    with pytest.raises(ValueError, match="^image_size: ECMVAE needs a multiple of 32, got 80"):
+        ECMVAE(parts.backbone, parts.audio_encoder, image_size=80)
+    with pytest.raises(ValueError, match="^avm_weight: the AV-map loss needs TPAVI fusion"):
+        ECMVAE(parts.backbone, parts.audio_encoder, image_size=64, fusion=False, loss=ECMVAELoss(avm_weight=0.5))
+    with pytest.raises(ConfigError, match="^key 'data.image_size': ECMVAE needs a multiple of 32, got 80"):
+        make_model("data.image_size=80")
+    with pytest.raises(ConfigError, match="^key 'model.avm_weight': the AV-map loss needs TPAVI fusion"):
+        make_model("model.fusion=false", "model.avm_weight=0.5")

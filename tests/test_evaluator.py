@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from avseg.config import load_config
-from avseg.engine.distributed import ContiguousShardSampler
+from avseg.data.loaders import ContiguousShardSampler
 from avseg.errors import ConfigError, DatasetError
 from avseg.evaluation import (
     AudioCounterfactual,

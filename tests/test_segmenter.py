@@ -220,3 +220,15 @@ def test_bad_inputs(tmp_path):
     short = write_video(tmp_path / "short.mp4", 0.5)
     with pytest.raises(MediaError, match="0.975"):
         seg.predict_video(short)
+
+
+def test_a_non_avs_checkpoint_or_config_is_refused(tmp_path):
+    from avseg.errors import CheckpointError, ConfigError
+
+    cfg = load_config(None, ["model.name=fashion_vae", "data.name=fashion_mnist"])
+    path = tmp_path / "vae.pth"
+    save_checkpoint(path, build_model(cfg).state_dict(), cfg)
+    with pytest.raises(CheckpointError, match=r"vae\.pth: the model 'fashion_vae' is an image autoencoder/VAE"):
+        Segmenter.from_checkpoint(path, device="cpu")
+    with pytest.raises(ConfigError, match="model.name.*segmenting videos needs an AVS model"):
+        Segmenter(ProbeModel(), cfg, device="cpu")

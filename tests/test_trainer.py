@@ -20,8 +20,10 @@ from avseg.engine.checkpointing import capture_rng_state, init_from_checkpoint, 
 from avseg.weights import load_into
 from avseg.engine.distributed import all_reduce_sum
 from avseg.engine.run_setup import tune_cpu_allocator
-from avseg.engine.trainer import NonFiniteLossError, lr_factor, resolve_amp, train
+from avseg.engine.optim import lr_factor, resolve_amp
+from avseg.engine.trainer import NonFiniteLossError, train
 from avseg.errors import CheckpointError, ConfigError
+from avseg.models import registry
 
 
 # ----------------------------------------------------------------------------- stand-ins
@@ -88,6 +90,15 @@ class TinyEvaluator:
             totals += torch.stack([((logits.cpu() - batch["y"]) ** 2).sum(), torch.tensor(float(len(logits)))])
         all_reduce_sum(totals)
         return {"mse": float(totals[0] / totals[1]), "count": float(totals[1])}
+
+
+TINY_RECORD = registry.ModelRecord("tiny", lambda cfg: TinyModel(), TinyModel.batch_keys, "image")
+
+
+@pytest.fixture(autouse=True)
+def tiny_model_registered(monkeypatch):
+    """``model.name=tiny`` names TinyModel for the trainer, in this test only (the registry stays as it was)."""
+    monkeypatch.setitem(registry._RECORDS, "tiny", TINY_RECORD)
 
 
 def builders(**model_kwargs):

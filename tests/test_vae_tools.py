@@ -10,6 +10,7 @@ from avseg.cli.vae_explore import main
 from avseg.config import load_config
 from avseg.errors import AvsegError, CheckpointError
 from avseg.vae import explore
+from avseg.models import build_model
 from avseg.vae.models import build_vae_model
 
 
@@ -75,6 +76,12 @@ def test_tools_refuse_unsuitable_models_and_checkpoints(checkpoints, tmp_path):
     save_checkpoint(other, {}, cfg)
     with pytest.raises(CheckpointError, match="tpavi"):
         main(["grid", "--checkpoint", str(other)])
+    avs = tmp_path / "tpavi_tiny.pth"
+    tiny = load_config(None, ["model.name=tpavi", "model.backbone.name=resnet18", "model.backbone.weights=null",
+                              "model.audio.name=small", "model.audio.weights=null", "model.neck_channels=16"])
+    save_checkpoint(avs, build_model(tiny).state_dict(), tiny)
+    with pytest.raises(CheckpointError, match="holds a 'tpavi' model \\(task 'avs'\\)"):
+        main(["grid", "--ckpt", str(avs)])
     with pytest.raises(AvsegError, match="not one of the dataset's attributes"):
         main(["attribute", "--attribute", "Smiling", "--checkpoint", str(checkpoints["faces"]), "--out", str(tmp_path), "--images", "40"])
 
@@ -118,3 +125,15 @@ def test_attribute_vectors_morphs_and_samplers():
     assert explore.ATTRIBUTE_STEPS == tuple(range(-4, 5))
     box = explore.BoxSampler(codes).sample(500, torch.Generator().manual_seed(0))
     assert torch.all(box >= codes.min(0).values) and torch.all(box <= codes.max(0).values)
+
+
+def test_eval_tool_scores_an_image_vae_checkpoint(checkpoints, tmp_path):
+    from avseg.cli.eval import main as eval_main
+    from avseg.vae.evaluation import VaeEvaluator
+
+    out = tmp_path / "eval"
+    assert eval_main(["--ckpt", str(checkpoints["vae"]), "--out", str(out), "device=cpu", "eval.batch_size=64"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert "task" not in report and report["checkpoint"] == str(checkpoints["vae"])
+    metrics = report["results"]["vae"]["metrics"]
+    assert VaeEvaluator.primary_metric in metrics and np.isfinite(metrics["neg_elbo"])

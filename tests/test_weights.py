@@ -57,3 +57,17 @@ def test_load_into_reports_by_submodule_and_refuses_misfits():
     assert sorted(report.loaded) == ["0.bias", "1.bias", "1.weight"] and report.unexpected == ["extra.bias"]
     assert torch.equal(model[1].bias, state["1.bias"])
     assert group_keys(["a.b.c", "a.b.d", "x.y"]) == "a.b.* (2), x.y (1)"
+
+
+def test_load_model_builds_from_a_given_config_so_eval_overrides_apply(tmp_path):
+    from avseg.checkpoint import save_checkpoint
+    from avseg.config import apply_overrides, load_config
+    from avseg.models import build_model, load_model
+
+    cfg = load_config(None, ["model.name=ecmvae", "model.backbone.name=resnet18", "model.audio.name=small",
+                             "model.neck_channels=128", "data.image_size=64"])
+    save_checkpoint(tmp_path / "m.pth", build_model(cfg).state_dict(), cfg)
+    assert load_model(tmp_path / "m.pth").num_samples == 1
+    overridden = apply_overrides(cfg, ["model.ecmvae.sample_at_test=true", "model.ecmvae.num_samples=4"])
+    model = load_model(tmp_path / "m.pth", cfg=overridden)
+    assert (model.sample_at_test, model.num_samples) == (True, 4) and model.cfg.model.ecmvae.num_samples == 4

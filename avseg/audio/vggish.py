@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from avseg.errors import CheckpointError, ConfigError
+from avseg.models.registry import ArgumentError, config_keys
 from avseg.weights import safe_load
 
 EMBEDDING_DIM = 128
@@ -142,7 +143,7 @@ class VGGish(AudioEncoder):
     def __init__(self, final_relu: bool = True, freeze: bool = True, postprocessor: Optional[VGGishPostprocessor] = None):
         super().__init__(freeze)
         if postprocessor is not None and not freeze:
-            raise ConfigError("key 'model.audio.pca_weights': the PCA postprocessor quantises to uint8 and has no gradient; use it with freeze: true")
+            raise ArgumentError("postprocessor", "the PCA postprocessor quantises to uint8 and has no gradient; use it with freeze: true")
         layers, in_channels = [], 1
         for item in _VGG_LAYOUT:
             if item == "M":
@@ -230,7 +231,8 @@ def build_audio_encoder(cfg_audio) -> AudioEncoder:
     name = cfg_audio.name
     if name == "vggish":
         postprocessor = VGGishPostprocessor(*load_pca_params(cfg_audio.pca_weights)) if cfg_audio.pca_weights else None
-        model = VGGish(final_relu=cfg_audio.final_relu, freeze=cfg_audio.freeze, postprocessor=postprocessor)
+        with config_keys({"postprocessor": "model.audio.pca_weights"}):
+            model = VGGish(final_relu=cfg_audio.final_relu, freeze=cfg_audio.freeze, postprocessor=postprocessor)
         if cfg_audio.weights:
             load_vggish_weights(model, cfg_audio.weights)
         elif cfg_audio.freeze:

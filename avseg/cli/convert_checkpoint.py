@@ -1,10 +1,11 @@
-"""Convert official AVSBench or MMVAE-AVS (ECMVAE) weights into an avseg checkpoint.
+"""Convert official release weights (any format a model record converts) into an avseg checkpoint.
 
     python tools/convert_checkpoint.py --from avsbench --cfg avsbench/s4_tpavi_r50.yaml \\
         --vggish pretrained/vggish-10086976.pth S4_best.pth checkpoints/s4_tpavi_r50.pth
 
 The config describes the architecture (backbone, neck width, fusion stages); its pretrained backbone
-file is not read (the release holds the backbone). The official checkpoints do not contain VGGish, so
+file is not read (the release holds the backbone). The ``--from`` choices are the formats of the
+registered models (:func:`avseg.models.registry.formats`). The official checkpoints do not contain VGGish, so
 its weights come from ``--vggish`` (else from ``model.audio.weights``). The output holds every weight
 plus the config, so ``tools/eval.py --ckpt OUT`` and the demo need no other file.
 """
@@ -19,8 +20,10 @@ from avseg.errors import CheckpointError, ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Convert official AVSBench / MMVAE-AVS weights to an avseg checkpoint.")
-    parser.add_argument("--from", dest="source", required=True, choices=("avsbench", "mmvae-avs"), help="format of IN")
+    from avseg.models import registry
+
+    parser = argparse.ArgumentParser(description="Convert official release weights to an avseg checkpoint.")
+    parser.add_argument("--from", dest="source", required=True, choices=registry.formats(), help="format of IN")
     parser.add_argument("--vggish", help="audio encoder weights (vggish-10086976.pth); overrides model.audio.weights")
     parser.add_argument("input", metavar="IN", help="official state dict (.pth)")
     parser.add_argument("output", metavar="OUT", help="avseg checkpoint to write")

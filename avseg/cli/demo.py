@@ -7,33 +7,33 @@ Examples::
     python tools/demo.py --ckpt best.pth --frames frames/ --audio clip.wav --out o.mp4
 
 Exit status 2 with a one-line message for bad input (missing file, unreadable container, no video
-stream, no audio without ``--allow-silent``, shorter than 0.975 s). Every output is written to a
-temporary file first and renamed when complete.
+stream, no audio without ``--allow-silent``, shorter than 0.975 s) and for an output that is an input
+(``--out``/``--strip``/``--rle`` at the input video, checkpoint or sound, ``--save-masks`` or any output
+in the ``--frames`` folder; symlinks are resolved), refused before anything is decoded. Every output
+is written to a temporary file first and renamed over the target only when complete: an existing
+output file is replaced atomically, and only by a finished one.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import sys
 import time
-from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
-
 from avseg.cli.common import add_debug_argument, run_cli
-from avseg.errors import MediaError
-from avseg.fileio import atomic_write_text
 from avseg.engine.run_setup import setup_logging
-from avseg.evaluation.rle import encode_mask
-from avseg.inference import overlay
-from avseg.inference.segmenter import DEFAULT_MAX_FPS, MediaInput, Prediction, Segmenter
-from avseg.inference.video import Mp4Writer, choose_fps, iter_frames_at
+from avseg.inference.outputs import check_demo_request, describe_outputs, tqdm_progress, write_outputs
+from avseg.inference.segmenter import DEFAULT_MAX_FPS, Segmenter
+from avseg.inference.video import choose_fps
+
+
+OUTPUT_NOTE = ("Outputs are never inputs: an output path that resolves to the video, frames folder, sound or "
+               "checkpoint is refused (exit 2) before anything is decoded. An existing output file is replaced "
+               "atomically, and only once its new content is complete.")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avseg-demo", description=__doc__.split("\n\n")[0],
+                                     epilog=OUTPUT_NOTE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, help="avseg checkpoint (weights + config)")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -59,23 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def strip_indices(count: int, columns: int) -> List[int]:
-    """``columns`` frame indices spread evenly over ``count`` frames (the middle of equal parts)."""
-    columns = max(1, min(columns, count))
-    return sorted({int((part + 0.5) * count / columns) for part in range(columns)})
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if not (args.out or args.save_masks or args.rle or args.strip):
-        raise MediaError("nothing to write: give --out OUT.mp4 (and/or --save-masks, --rle, --strip)")
-    if args.audio and not args.frames:
-        raise MediaError("--audio goes with --frames; a --video brings its own audio track")
-    if args.out and Path(args.out).suffix.lower() != ".mp4":
-        raise MediaError(f"--out must end in .mp4, got {args.out}")
-    if not 0.0 <= args.threshold <= 1.0:
-        raise MediaError(f"--threshold is a probability in [0, 1], got {args.threshold}")
-
+    check_demo_request(args.ckpt, args.video, args.frames, args.audio, args.out, args.save_masks, args.rle, args.strip)
     setup_logging()
     seg = Segmenter.from_checkpoint(args.ckpt, device=args.device, batch_size=args.batch_size, threshold=args.threshold)
     if args.video:
@@ -86,84 +72,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     fps = choose_fps(info.fps, args.fps, args.max_fps)
     print(f"input:   {info.path} ({info.width}x{info.height}, {info.duration:.2f} s, {float(info.fps):.3g} fps, "
           f"audio: {'none (silence)' if media.silent else (media.audio_path or info.audio.codec)})")
-
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(desc="segmenting", unit="clip", file=sys.stderr, leave=False)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
     started = time.perf_counter()
-    result = seg.predict_media(media, fps, progress=progress if bar is not None else None)
+    with tqdm_progress("segmenting", "clip", disable=args.quiet) as progress:
+        result = seg.predict_media(media, fps, progress=progress)
     elapsed = time.perf_counter() - started
-    if bar is not None:
-        bar.close()
     print(f"model:   {args.ckpt} on {seg.device}; {len(result)} frames at {float(fps):.3g} fps in "
           f"{len(result.window_starts)} window(s) of {result.clip_seconds} s; {elapsed:.1f} s "
           f"({len(result) / max(elapsed, 1e-9):.1f} frames/s)")
-
-    summary = write_outputs(media, result, out=args.out, save_masks=args.save_masks, rle=args.rle, strip=args.strip,
-                            strip_frames=args.strip_frames, checkpoint=args.ckpt)
-    if args.out:
-        print(f"video:   {args.out} ({summary['frames_written']} frames, audio {summary['audio']})")
-    if args.save_masks:
-        print(f"masks:   {args.save_masks}/000000.png ... {len(result) - 1:06d}.png")
-    if args.rle:
-        print(f"rle:     {args.rle}")
-    if args.strip:
-        print(f"strip:   {args.strip}")
-    coverage = summary["coverage"]
-    print(f"masks cover {100 * np.mean(coverage):.1f} % of the frame on average "
-          f"(min {100 * min(coverage):.1f} %, max {100 * max(coverage):.1f} %)")
+    outputs = dict(out=args.out, save_masks=args.save_masks, rle=args.rle, strip=args.strip)
+    summary = write_outputs(media, result, strip_frames=args.strip_frames, checkpoint=args.ckpt, **outputs)
+    print("\n".join(describe_outputs(summary, len(result), **outputs)))
     return 0
-
-
-def write_outputs(media: MediaInput, result: Prediction, out: Optional[str] = None, save_masks: Optional[str] = None,
-                  rle: Optional[str] = None, strip: Optional[str] = None, strip_frames: int = 6,
-                  checkpoint: str = "") -> dict:
-    """Decode the input once more and write the requested outputs of a prediction.
-
-    ``out``: overlay mp4 with the original sound; ``save_masks``: folder of 0/255 PNGs; ``rle``: COCO RLE
-    JSON; ``strip``: PNG strip of ``strip_frames`` frames with masks. Returns ``frames_written``, ``audio``
-    (copied | encoded | none) and per-frame mask ``coverage``.
-    """
-    info = media.info
-    writer = None
-    if out:
-        audio = {}
-        if not media.silent:  # the original sound: the video's own track or the frame folder's sound file
-            audio = dict(audio_from=media.audio_path or info.path, audio_offset=-info.start_pts_seconds)
-        writer = Mp4Writer(out, result.fps, info.width, info.height, **audio)
-    strip_at = set(strip_indices(len(result), strip_frames)) if strip else set()
-    strip_images, strip_masks, strip_labels = [], [], []
-    rle_frames, coverage = [], []
-    with writer if writer is not None else contextlib.nullcontext():
-        for index, frame in iter_frames_at(info, result.timestamps):
-            mask = result.mask(index)
-            coverage.append(float(mask.mean()))
-            if writer is not None:
-                writer.write(overlay.overlay_mask(frame, mask))
-            if save_masks:
-                overlay.save_png(Path(save_masks) / f"{index:06d}.png", mask.astype(np.uint8) * 255)
-            if rle:
-                rle_frames.append({"index": index, "time": round(float(result.timestamps[index]), 6),
-                                   "segmentation": encode_mask(mask)})
-            if index in strip_at:
-                strip_images.append(frame)
-                strip_masks.append(mask)
-                strip_labels.append(f"{result.timestamps[index]:.2f} s")
-    if rle:
-        document = {"input": str(info.path), "checkpoint": str(checkpoint), "fps": str(result.fps),
-                    "threshold": result.threshold, "height": info.height, "width": info.width, "frames": rle_frames}
-        atomic_write_text(rle, json.dumps(document))
-    if strip:
-        overlay.save_png(strip, overlay.frame_strip(strip_images, strip_masks, strip_labels))
-    return {"frames_written": writer.frames_written if writer is not None else 0,
-            "audio": writer.audio_mode if writer is not None else "none", "coverage": coverage}
 
 
 def entry() -> None:

@@ -21,8 +21,9 @@ from omegaconf import DictConfig
 from avseg.checkpoint import read_checkpoint
 from avseg.cli.common import add_config_arguments, add_debug_argument, run_cli
 from avseg.config import apply_overrides, config_to_yaml, load_config
+from avseg.engine.hooks import LAST_NAME
 from avseg.engine.run_setup import get_logger
-from avseg.engine.trainer import LAST_NAME, train
+from avseg.engine.trainer import train
 from avseg.errors import CheckpointError, ConfigError
 
 

@@ -1,47 +1,75 @@
 """Datasets: AVSBench (v1 and semantic layouts), the synthetic AVSBench generator, clip augmentation.
 
-``build_dataset(cfg, split, train)`` builds what ``cfg.data.name`` names: ``avsbench`` →
-:class:`AVSBenchDataset`; VAE image datasets → ``avseg.vae.data.build_vae_dataset``.
+``build_dataset(cfg, split, train)`` builds what ``cfg.data.name`` names, through :data:`DATASETS`
+(name → builder ``(cfg, split, train) -> Dataset``): ``avsbench`` → :class:`AVSBenchDataset`; the image
+datasets of :mod:`avseg.vae.data` (``fashion_mnist``, ``celeba``, ...) → ``build_vae_dataset``.
+A new dataset is one :func:`register_dataset` call. DataLoaders and samplers: :mod:`avseg.data.loaders`.
 """
 from __future__ import annotations
+
+from typing import Callable, Dict, Sequence
+
+from torch.utils.data import Dataset
 
 from avseg.data.avsbench_dataset import AVSBenchDataset, ClipRecord, read_semantic_index, read_v1_index
 from avseg.data.safe_pickle import load_tensor_pickle
 from avseg.data.transforms import ClipAugment, build_clip_transform
 from avseg.errors import ConfigError
+from avseg.vae.data import VAE_DATASETS, build_vae_dataset
 
+DatasetBuilder = Callable[..., Dataset]
+"""``builder(cfg, split: str, train: bool) -> Dataset``; ``train`` turns on the configured augmentation."""
+
+DATASETS: Dict[str, DatasetBuilder] = {}
 AVS_DATASETS = ("avsbench",)
 
 
-def build_dataset(cfg, split: str, train: bool = False):
-    """The dataset of ``cfg.data`` for ``split``; ``train`` turns on the configured augmentation."""
-    data = cfg.data
-    if data.name in AVS_DATASETS:
-        return AVSBenchDataset(
-            root=data.root,
-            task=data.task,
-            split=split,
-            layout=data.layout,
-            image_size=data.image_size,
-            audio_source=data.audio_source,
-            resampler=data.resampler,
-            feature_cache=data.feature_cache,
-            transform=build_clip_transform(data.hflip_prob, data.scale_crop, train),
-        )
-    try:
-        from avseg.vae.data import build_vae_dataset
-    except ImportError as exc:
-        raise ConfigError(f"data.name '{data.name}' is not an AVS dataset {AVS_DATASETS} and the VAE datasets are unavailable ({exc})") from None
-    return build_vae_dataset(cfg, split, train)
+def register_dataset(names: Sequence[str], builder: DatasetBuilder) -> None:
+    """Make ``build_dataset`` call ``builder`` for each ``data.name`` in ``names``."""
+    for name in names:
+        if name in DATASETS:
+            raise ValueError(f"dataset '{name}' is registered twice")
+        DATASETS[name] = builder
 
+
+def build_avsbench_dataset(cfg, split: str, train: bool = False) -> AVSBenchDataset:
+    """AVSBench (v1 or semantic layout, real or synthetic) as ``cfg.data`` describes it."""
+    data = cfg.data
+    return AVSBenchDataset(
+        root=data.root,
+        task=data.task,
+        split=split,
+        layout=data.layout,
+        image_size=data.image_size,
+        audio_source=data.audio_source,
+        resampler=data.resampler,
+        feature_cache=data.feature_cache,
+        resize_masks=data.resize_masks,
+        transform=build_clip_transform(data.hflip_prob, data.scale_crop, train),
+    )
+
+
+def build_dataset(cfg, split: str, train: bool = False) -> Dataset:
+    """The dataset of ``cfg.data`` for ``split``; ``train`` turns on the configured augmentation."""
+    name = cfg.data.name
+    if name not in DATASETS:
+        raise ConfigError(f"key 'data.name': unknown dataset '{name}' (expected one of {', '.join(sorted(DATASETS))})")
+    return DATASETS[name](cfg, split, train)
+
+
+register_dataset(AVS_DATASETS, build_avsbench_dataset)
+register_dataset(VAE_DATASETS, build_vae_dataset)
 
 __all__ = [
     "AVSBenchDataset",
+    "AVS_DATASETS",
     "ClipAugment",
     "ClipRecord",
+    "DATASETS",
     "build_clip_transform",
     "build_dataset",
     "load_tensor_pickle",
     "read_semantic_index",
     "read_v1_index",
+    "register_dataset",
 ]

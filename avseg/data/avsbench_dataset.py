@@ -25,6 +25,11 @@ Semantic layout (``root`` holds ``metadata.csv`` with columns ``uid``, ``label``
 
 Items are dicts: ``frames`` [T, 3, H, W] (ImageNet-normalised), ``log_mel`` [T, 1, 96, 64], ``masks``
 [T, 1, H, W] in {0, 1}, ``mask_valid`` [T] bool, ``video_id`` str, ``category`` str.
+
+Safety: every CSV value that becomes part of a path (v1 name, split, category; semantic uid) must be one
+plain file name, checked when the index is read, so no row can point outside ``root``. In the v1 layout a
+mask whose size differs from its frame is an error (``resize_masks=True`` resizes it instead); the
+semantic layout resizes frames and masks independently, as its released loader does.
 """
 from __future__ import annotations
 
@@ -42,9 +47,9 @@ from torch.utils.data import Dataset
 
 from avseg.audio.io import load_log_mel
 from avseg.audio.vggish_input import pad_examples
-from avseg.data.safe_pickle import load_tensor_pickle
+from avseg.data.safe_pickle import load_log_mel_pickle
 from avseg.errors import AvsegError, DatasetError
-from avseg.fileio import atomic_torch_save
+from avseg.fileio import atomic_torch_save, plain_name_problem
 from avseg.weights import load_weights_only
 
 PathLike = Union[str, os.PathLike]
@@ -180,39 +185,52 @@ def _read_csv(path: Path, layout_hint: str) -> Tuple[List[str], List[List[str]]]
     return rows[0], rows[1:]
 
 
-def _column(header: List[str], name: str, position: Optional[int], path: Path) -> int:
-    if name in header:
-        return header.index(name)
-    if position is not None and position < len(header):
-        return position
-    raise DatasetError(f"{path}: no '{name}' column (header is {header})")
+def _column(header: List[str], name: str, path: Path) -> int:
+    if name not in header:
+        raise DatasetError(f"{path}: no '{name}' column (columns found: {', '.join(header)})")
+    return header.index(name)
+
+
+def _path_name(path: Path, line: int, column: str, value: str) -> str:
+    """``value`` of a CSV cell that becomes a file or folder name; refused unless it is one plain name."""
+    problem = plain_name_problem(value)
+    if problem is not None:
+        raise DatasetError(f"{path}, line {line}: {column} '{value}' {problem}; it names a file or folder, so it must be one plain name")
+    return value
 
 
 def read_v1_index(root: PathLike, task: str) -> List[ClipRecord]:
     """All clips listed in the task's meta CSV, in file order.
 
     Column 0 is the video name (read by position, as the official loaders do); ``split`` and, for S4,
-    ``category`` are read by name, falling back to the official positions (S4: 3 and 2; MS3: 1).
+    ``category`` are read by name, as the official loaders do. Every value that becomes part of a path
+    (name, split, category) must be one plain file name, so no row can point outside ``root``.
     """
     path = v1_csv_path(root, task)
     header, rows = _read_csv(path, f"{task.upper()} v1 layout: {V1_LAYOUT[task].pattern}")
-    split_col = _column(header, "split", 3 if task == "s4" else 1, path)
-    category_col = _column(header, "category", 2, path) if task == "s4" else None
+    split_col = _column(header, "split", path)
+    category_col = _column(header, "category", path) if task == "s4" else None
     width = max(split_col, category_col or 0) + 1
+    name_header = header[0] or "column 0"
     records = []
     for line, row in enumerate(rows, start=2):
-        if len(row) < width or not row[0]:
-            raise DatasetError(f"{path}, line {line}: expected at least {width} columns with a video name, got {row}")
-        category = row[category_col] if category_col is not None else ""
-        records.append(v1_clip_record(root, task, row[0], row[split_col], category))
+        if len(row) < width:
+            raise DatasetError(f"{path}, line {line}: expected at least {width} columns ({', '.join(header[:width])}), got {row}")
+        name = _path_name(path, line, name_header, row[0])
+        split = _path_name(path, line, "split", row[split_col])
+        category = _path_name(path, line, "category", row[category_col]) if category_col is not None else ""
+        records.append(v1_clip_record(root, task, name, split, category))
     return records
 
 
 def read_semantic_index(root: PathLike, label_sets: Optional[Sequence[str]] = None) -> List[ClipRecord]:
-    """Clips of ``metadata.csv`` (columns ``uid``, ``label``, ``split`` by name) in the given sets."""
+    """Clips of ``metadata.csv`` (columns ``uid``, ``label``, ``split`` by name) in the given sets.
+
+    ``uid`` becomes a folder name and must be one plain file name.
+    """
     path = Path(root) / "metadata.csv"
     header, rows = _read_csv(path, SEMANTIC_PATTERN)
-    uid_col, label_col, split_col = (_column(header, name, None, path) for name in ("uid", "label", "split"))
+    uid_col, label_col, split_col = (_column(header, name, path) for name in ("uid", "label", "split"))
     category_col = header.index("a_obj") if "a_obj" in header else None
     records = []
     for line, row in enumerate(rows, start=2):
@@ -221,20 +239,25 @@ def read_semantic_index(root: PathLike, label_sets: Optional[Sequence[str]] = No
         label_set = row[label_col]
         if label_set not in SEMANTIC_FRAMES:
             raise DatasetError(f"{path}, line {line}: label '{label_set}' is not one of {tuple(SEMANTIC_FRAMES)}")
+        uid = _path_name(path, line, "uid", row[uid_col])
         if label_sets is not None and label_set not in label_sets:
             continue
         category = row[category_col] if category_col is not None and category_col < len(row) else ""
-        records.append(semantic_clip_record(root, label_set, row[uid_col], row[split_col], category))
+        records.append(semantic_clip_record(root, label_set, uid, row[split_col], category))
     return records
 
 
 # ----------------------------------------------------------------------------- decoding
 def read_frame(path: Path, size: Optional[Tuple[int, int]] = None, layout_hint: str = "") -> np.ndarray:
     """An RGB frame as uint8 ``[H, W, 3]``, resized (bilinear) to ``size = (H, W)`` when it differs."""
-    image = _open_image(path, "frame", layout_hint).convert("RGB")
-    if size is not None and image.size != (size[1], size[0]):
-        image = image.resize((size[1], size[0]), Image.BILINEAR)
-    return np.asarray(image)
+    return resize_frame(np.asarray(_open_image(path, "frame", layout_hint).convert("RGB")), size)
+
+
+def resize_frame(frame: np.ndarray, size: Optional[Tuple[int, int]]) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` resized (PIL bilinear) to ``size = (H, W)``; unchanged when None or equal."""
+    if size is None or frame.shape[:2] == tuple(size):
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((size[1], size[0]), Image.BILINEAR))
 
 
 def mask_foreground(image: Image.Image) -> np.ndarray:
@@ -247,12 +270,33 @@ def mask_foreground(image: Image.Image) -> np.ndarray:
 
 def read_mask(path: Path, size: Optional[Tuple[int, int]] = None, layout_hint: str = "") -> np.ndarray:
     """A ground-truth mask as bool ``[H, W]`` (binarised ``> 0``), resized (nearest) to ``size = (H, W)``."""
-    image = _open_image(path, "mask", layout_hint)
-    foreground = mask_foreground(image)
-    if size is not None and foreground.shape != tuple(size):
-        resized = Image.fromarray(foreground.astype(np.uint8) * 255).resize((size[1], size[0]), Image.NEAREST)
-        foreground = np.asarray(resized) > 0
-    return foreground
+    return resize_mask(mask_foreground(_open_image(path, "mask", layout_hint)), size)
+
+
+def resize_mask(mask: np.ndarray, size: Optional[Tuple[int, int]]) -> np.ndarray:
+    """bool ``[H, W]`` resized (nearest) to ``size = (H, W)``; unchanged when None or equal."""
+    if size is None or mask.shape == tuple(size):
+        return mask
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size[1], size[0]), Image.NEAREST)) > 0
+
+
+def check_mask_size(mask_path: Path, mask: np.ndarray, frame_path: Path, frame: np.ndarray) -> None:
+    """Raise :class:`DatasetError` naming both files unless ``mask`` [H, W] has the size of ``frame`` [H, W, 3]."""
+    if mask.shape[:2] != frame.shape[:2]:
+        (mask_h, mask_w), (frame_h, frame_w) = mask.shape[:2], frame.shape[:2]
+        raise DatasetError(
+            f"{mask_path}: mask is {mask_w}x{mask_h} px but its frame {frame_path} is {frame_w}x{frame_h} px; "
+            "masks are not stretched to their frame unless data.resize_masks=true"
+        )
+
+
+def masks_must_match_frames(layout: str, resize_masks: bool) -> bool:
+    """v1 masks are drawn on the frames, so a size difference is an error unless ``resize_masks``.
+
+    The semantic release's loader resizes frames and masks to 224 independently, and their stored
+    sizes are not documented to agree, so that layout keeps the released behaviour.
+    """
+    return layout == "v1" and not resize_masks
 
 
 def _open_image(path: Path, kind: str, layout_hint: str) -> Image.Image:
@@ -303,11 +347,7 @@ class LogMelSource:
                 raise DatasetError(f"clip {record.video_id}: audio_source 'pkl' needs .pkl log-mels, which the {record.layout_hint} does not have; use 'wav' or 'auto'")
             if not record.log_mel.is_file():
                 raise DatasetError(f"missing log-mel: {record.log_mel} (expected {record.layout_hint}); use audio_source 'wav' or 'auto' to compute it from the wav")
-            examples = load_tensor_pickle(record.log_mel).float()
-            if examples.dim() == 3:
-                examples = examples.unsqueeze(1)
-            if examples.dim() != 4 or tuple(examples.shape[1:]) != (1, 96, 64) or examples.shape[0] == 0:
-                raise DatasetError(f"{record.log_mel}: log-mel of shape {tuple(examples.shape)}, expected [N, 1, 96, 64]")
+            examples = load_log_mel_pickle(record.log_mel).float()
         else:
             examples = self._from_wav(record.wav, num, record.layout_hint)
         return pad_examples(examples, num)[:num]
@@ -354,6 +394,8 @@ class AVSBenchDataset(Dataset):
         audio_source: ``pkl`` (official log-mels), ``wav`` (computed, cached) or ``auto`` (pkl when present).
         resampler: ``soxr`` or ``resampy`` for wavs not at 16 kHz.
         feature_cache: folder for computed log-mels (None: ``~/.cache/avseg/log_mel``; ``"off"``: no cache).
+        resize_masks: v1 layout: resize a mask whose size differs from its frame instead of raising
+            :class:`DatasetError` (the semantic layout always resizes both, as its released loader does).
         transform: optional callable ``(frames [T,3,H,W], masks [T,1,H,W]) -> (frames, masks)``.
     """
 
@@ -367,6 +409,7 @@ class AVSBenchDataset(Dataset):
         audio_source: str = "auto",
         resampler: str = "soxr",
         feature_cache: Optional[PathLike] = None,
+        resize_masks: bool = False,
         transform: Optional[Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]] = None,
     ):
         self.root = Path(root)
@@ -375,6 +418,7 @@ class AVSBenchDataset(Dataset):
         self.layout = layout
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.transform = transform
+        self.check_mask_sizes = masks_must_match_frames(layout, resize_masks)
         if layout == "v1":
             if not self.root.is_dir():
                 raise DatasetError(f"dataset root not found: {self.root} (expected the folder holding Single-source/ and Multi-sources/)")
@@ -399,11 +443,15 @@ class AVSBenchDataset(Dataset):
     def __getitem__(self, index: int) -> Dict[str, object]:
         record = self.records[index]
         height, width = self.image_size
-        frames = normalize_frames(np.stack([read_frame(path, self.image_size, record.layout_hint) for path in record.frames]))
+        stored_frames = [read_frame(path, None, record.layout_hint) for path in record.frames]
         masks = torch.zeros(record.num_frames, 1, height, width)
         for k, path in enumerate(record.masks):
             if path is not None:
-                masks[k, 0] = torch.from_numpy(read_mask(path, self.image_size, record.layout_hint))
+                mask = read_mask(path, None, record.layout_hint)
+                if self.check_mask_sizes:
+                    check_mask_size(path, mask, record.frames[k], stored_frames[k])
+                masks[k, 0] = torch.from_numpy(resize_mask(mask, self.image_size))
+        frames = normalize_frames(np.stack([resize_frame(frame, self.image_size) for frame in stored_frames]))
         if self.transform is not None:
             frames, masks = self.transform(frames, masks)
         return {

@@ -2,7 +2,8 @@
 
 ``check_dataset(root, "s4" | "ms3")`` checks the v1 layout, ``"avss"`` the semantic layout (all sets in
 ``metadata.csv``). Frames and masks must decode as images, wavs as audio long enough for one VGGish
-example, and (v1) ``.pkl`` log-mels as safely unpicklable tensors of shape ``[N, 1, 96, 64]``.
+example, and (v1) ``.pkl`` log-mels as safely unpicklable tensors of shape ``[N, 1, 96, 64]``; v1 masks
+must have the size of their frame (``resize_masks=True`` accepts other sizes, as the loader then does).
 """
 from __future__ import annotations
 
@@ -12,9 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Union
 
+import numpy as np
+
 from avseg.audio.vggish_input import MIN_SAMPLES, SAMPLE_RATE
-from avseg.data.avsbench_dataset import ClipRecord, read_frame, read_mask, read_semantic_index, read_v1_index
-from avseg.data.safe_pickle import load_tensor_pickle
+from avseg.data.avsbench_dataset import (
+    ClipRecord,
+    check_mask_size,
+    masks_must_match_frames,
+    read_frame,
+    read_mask,
+    read_semantic_index,
+    read_v1_index,
+)
+from avseg.data.safe_pickle import load_log_mel_pickle
 from avseg.errors import AvsegError, DatasetError
 
 PathLike = Union[str, os.PathLike]
@@ -69,17 +80,32 @@ def _check_wav(path: Path) -> None:
 def _check_log_mel(path: Path) -> None:
     if not path.is_file():
         raise DatasetError(f"missing log-mel: {path}")
-    examples = load_tensor_pickle(path)
-    if examples.dim() == 3:
-        examples = examples.unsqueeze(1)
-    if examples.dim() != 4 or tuple(examples.shape[1:]) != (1, 96, 64) or examples.shape[0] == 0:
-        raise DatasetError(f"{path}: log-mel of shape {tuple(examples.shape)}, expected [N, 1, 96, 64]")
+    load_log_mel_pickle(path)
 
 
-def _check_clip(record: ClipRecord, check_log_mel: bool, report: CheckReport) -> None:
-    checks = [(read_frame, path) for path in record.frames]
-    checks += [(read_mask, path) for path in record.masks if path is not None]
-    checks.append((_check_wav, record.wav))
+def _check_frames_and_masks(record: ClipRecord, check_sizes: bool, report: CheckReport) -> None:
+    frames: Dict[int, np.ndarray] = {}
+    for k, path in enumerate(record.frames):
+        report.files_checked += 1
+        try:
+            frames[k] = read_frame(path)
+        except AvsegError as exc:
+            report.problems.append(str(exc))
+    for k, path in enumerate(record.masks):
+        if path is None:
+            continue
+        report.files_checked += 1
+        try:
+            mask = read_mask(path)
+            if check_sizes and k in frames:
+                check_mask_size(path, mask, record.frames[k], frames[k])
+        except AvsegError as exc:
+            report.problems.append(str(exc))
+
+
+def _check_clip(record: ClipRecord, check_log_mel: bool, check_sizes: bool, report: CheckReport) -> None:
+    _check_frames_and_masks(record, check_sizes, report)
+    checks = [(_check_wav, record.wav)]
     if check_log_mel and record.log_mel is not None:
         checks.append((_check_log_mel, record.log_mel))
     for check, path in checks:
@@ -90,8 +116,11 @@ def _check_clip(record: ClipRecord, check_log_mel: bool, report: CheckReport) ->
             report.problems.append(str(exc))
 
 
-def check_dataset(root: PathLike, task: str, check_log_mel: bool = True, progress: bool = False) -> CheckReport:
-    """Check every file the ``task`` index lists under ``root``; problems are collected, not raised."""
+def check_dataset(root: PathLike, task: str, check_log_mel: bool = True, progress: bool = False, resize_masks: bool = False) -> CheckReport:
+    """Check every file the ``task`` index lists under ``root``; problems are collected, not raised.
+
+    v1 masks must have their frame's size unless ``resize_masks`` (as in :class:`AVSBenchDataset`).
+    """
     if task not in CHECK_TASKS:
         raise DatasetError(f"unknown task '{task}' (expected one of {CHECK_TASKS})")
     report = CheckReport(root=Path(root), task=task)
@@ -113,6 +142,7 @@ def check_dataset(root: PathLike, task: str, check_log_mel: bool = True, progres
         from tqdm import tqdm
 
         iterator = tqdm(records, desc=f"check {task}", unit="clip")
+    check_sizes = masks_must_match_frames("semantic" if task == "avss" else "v1", resize_masks)
     for record in iterator:
-        _check_clip(record, check_log_mel, report)
+        _check_clip(record, check_log_mel, check_sizes, report)
     return report

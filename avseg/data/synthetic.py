@@ -49,6 +49,7 @@ from avseg.data.avsbench_dataset import (
     v1_clip_record,
     v1_csv_path,
 )
+from avseg.data.semantic_labels import classes_to_colours
 from avseg.errors import DatasetError
 from avseg.fileio import atomic_path, atomic_write_bytes, atomic_write_text
 
@@ -328,33 +329,12 @@ def _write_clip(record: ClipRecord, clip: SyntheticClip, semantic: bool, write_v
         (write_jpeg if semantic else write_png)(path, clip.frames[k])
     for k, path in enumerate(record.masks):
         if path is not None:
-            write_png(path, _semantic_colours(clip.labels[k]) if semantic else clip.masks[k].astype(np.uint8) * 255)
+            write_png(path, classes_to_colours(clip.labels[k]) if semantic else clip.masks[k].astype(np.uint8) * 255)
     write_wav(record.wav, clip.waveform)
     if record.log_mel is not None:
         write_log_mel_pickle(record.log_mel, clip_log_mel(clip))
     if write_videos and record.raw_video is not None:
         write_mp4(record.raw_video, clip_video_frames(clip), clip.waveform)
-
-
-def _voc_palette() -> np.ndarray:
-    """The PASCAL-VOC colour map [256, 3] (bit-interleaved label index; 0 → black)."""
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    for index in range(256):
-        value, colour = index, [0, 0, 0]
-        for shift in range(7, -1, -1):
-            for channel in range(3):
-                colour[channel] |= ((value >> channel) & 1) << shift
-            value >>= 3
-        palette[index] = colour
-    return palette
-
-
-SEMANTIC_PALETTE = _voc_palette()
-
-
-def _semantic_colours(labels: np.ndarray) -> np.ndarray:
-    """Label map [H, W] → colour-coded RGB [H, W, 3], as in AVSBench-semantic's ``labels_rgb``."""
-    return SEMANTIC_PALETTE[labels]
 
 
 @contextlib.contextmanager

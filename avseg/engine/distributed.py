@@ -1,32 +1,26 @@
-"""Distributed data parallel (DDP) plumbing for ``torchrun`` launches, and the samplers the trainer uses.
+"""Distributed data parallel (DDP) plumbing for ``torchrun`` launches: process group and small collectives.
 
 ``torchrun --nproc_per_node=N tools/train.py ...`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` reads them and joins the process group
 (NCCL on CUDA, gloo on CPU). A plain ``python tools/train.py`` is a world of one and needs no group.
 
-Samplers:
-
-* :class:`EpochShuffleSampler` (training): the order is a function of ``(seed, epoch)`` only, so a
-  resumed run sees exactly the batches it would have seen; with several ranks the permutation is padded
-  to a multiple of the world size (as ``DistributedSampler`` does) so every rank runs the same number
-  of steps.
-* :class:`ContiguousShardSampler` (evaluation): rank ``r`` gets a contiguous run of *whole* evaluation
-  batches, with no padding and no duplicates. Its local batches are exactly the batches a single process
-  would form, and concatenating the ranks' items in rank order gives the dataset order.
+The collectives (:func:`broadcast_object`, :func:`all_gather_objects`, :func:`gather_to_main`,
+:func:`all_reduce_sum`, :func:`broadcast_buffers`) are no-ops returning the single-process answer
+when there is no process group, so callers need no ``if distributed`` branches. The samplers that
+shard data over ranks live in :mod:`avseg.data.loaders`.
 """
 from __future__ import annotations
 
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, List
+from typing import Any, List, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Sampler
 
+# Re-exported for tests/test_evaluator.py until it imports the sampler from avseg.data.loaders.
 from avseg.engine.run_setup import select_device
 from avseg.errors import ConfigError
 
@@ -103,6 +97,11 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def get_rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
@@ -123,6 +122,15 @@ def all_gather_objects(obj: Any) -> List[Any]:
         return [obj]
     gathered: List[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def gather_to_main(obj: Any) -> Optional[List[Any]]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on rank 0 and None elsewhere (large objects: no copy per rank)."""
+    if not is_distributed():
+        return [obj]
+    gathered: Optional[List[Any]] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
     return gathered
 
 
@@ -148,77 +156,3 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit seed that depends on ``(seed, epoch)`` only, distinct for distinct pairs."""
-    state = np.random.SeedSequence([seed % 2**63, epoch % 2**63]).generate_state(1, dtype=np.uint64)
-    return int(state[0]) >> 1
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """Training order: a permutation drawn from ``(seed, epoch)``, sharded ``rank::world_size``.
-
-    Call :meth:`set_epoch` before each epoch. With ``world_size > 1`` the permutation is padded with its
-    first indices up to a multiple of the world size, so every rank yields ``ceil(n / world_size)`` items.
-    """
-
-    def __init__(self, length: int, seed: int, world_size: int = 1, rank: int = 0, shuffle: bool = True):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside a world of size {world_size}")
-        self.length = length
-        self.seed = seed
-        self.world_size = world_size
-        self.rank = rank
-        self.shuffle = shuffle
-        self.epoch = 0
-        self.num_samples = -(-length // world_size) if length else 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def global_order(self) -> List[int]:
-        """The permutation of the whole dataset for the current epoch (identical on every rank)."""
-        if not self.shuffle:
-            return list(range(self.length))
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        return torch.randperm(self.length, generator=generator).tolist()
-
-    def __iter__(self) -> Iterator[int]:
-        order = self.global_order()
-        total = self.num_samples * self.world_size
-        while len(order) < total:
-            order += order[: total - len(order)]
-        return iter(order[self.rank : total : self.world_size])
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-class ContiguousShardSampler(Sampler[int]):
-    """Evaluation order: rank ``r`` gets a contiguous run of whole batches of ``batch_size`` items.
-
-    The batches ``[0, b), [b, 2b), ...`` of the dataset are split into ``world_size`` contiguous groups
-    of nearly equal size (ranks may differ by one batch, and some ranks may get none when there are
-    fewer batches than ranks). No item is padded or repeated, so a ``DataLoader`` with the same
-    ``batch_size`` forms exactly the batches of a single-process loader, and the ranks' items in rank
-    order are the dataset in order.
-    """
-
-    def __init__(self, length: int, batch_size: int, world_size: int = 1, rank: int = 0):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside a world of size {world_size}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        num_batches = -(-length // batch_size)
-        first_batch = rank * num_batches // world_size
-        end_batch = (rank + 1) * num_batches // world_size
-        self.start = min(first_batch * batch_size, length)
-        self.stop = min(end_batch * batch_size, length)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.stop))
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-

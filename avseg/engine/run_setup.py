@@ -6,10 +6,11 @@ import ctypes.util
 import logging
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from avseg.config import save_config
 from avseg.errors import ConfigError
 
 LOGGER_NAME = "avseg"
+CONFIG_NAME = "config.yaml"
+# avseg.fileio.atomic_path writes ``<name>`` through ``.<name>.<8 mkstemp characters><suffix>``.
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.(?:tmp|png)")
 
 
 def make_run_dir(cfg: DictConfig, out: Optional[str] = None) -> Path:
@@ -30,8 +34,24 @@ def make_run_dir(cfg: DictConfig, out: Optional[str] = None) -> Path:
     run_dir = Path(folder)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.output_dir = str(run_dir)
-    save_config(cfg, run_dir / "config.yaml")
+    save_config(cfg, run_dir / CONFIG_NAME)
     return run_dir
+
+
+def remove_stale_temp_files(folder: Path, names: Sequence[str]) -> List[Path]:
+    """Delete the temporary files that an interrupted atomic write of one of ``names`` left in ``folder``.
+
+    A process killed while writing ``last.pth`` leaves a hidden ``.last.pth.<random>.tmp`` as large
+    as the checkpoint; nothing else removes it. Call this before the run writes anything. Returns the
+    removed paths.
+    """
+    removed = []
+    for path in sorted(Path(folder).iterdir()):
+        match = _TEMP_NAME.fullmatch(path.name)
+        if match and match["name"] in names and path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def setup_logging(run_dir: Optional[Path] = None, rank: int = 0, level: int = logging.INFO) -> logging.Logger:

@@ -2,15 +2,20 @@
 
 * :func:`avsbench_miou`, :func:`avsbench_fscore`: one batch, exactly as the official code (see
   :mod:`avseg.evaluation.metrics`).
-* :func:`build_evaluator`: the evaluator for a config (AVS → :class:`AVSBenchEvaluator`; the image
-  AE/VAE models → ``avseg.vae.evaluation.VaeEvaluator``).
+* :func:`build_evaluator`: the evaluator for a config, by the task of its model's registry record (``avs`` →
+  :class:`AVSBenchEvaluator`; ``image``, the AE/VAE models → ``avseg.vae.evaluation.VaeEvaluator``).
+* :func:`evaluate_audio_modes` / :func:`parse_audio_modes`: one evaluation per audio mode
+  (:mod:`avseg.evaluation.audio_modes`); ``tools/eval.py``'s pipeline is :mod:`avseg.evaluation.runner`,
+  ``tools/compare.py``'s is :mod:`avseg.evaluation.compare`.
 """
+from avseg.evaluation.audio_modes import evaluate_audio_modes, parse_audio_modes
 from avseg.evaluation.evaluator import (
     AUDIO_MODES,
     AudioCounterfactual,
     AVSBenchEvaluator,
     EvalResult,
     format_table,
+    inference_keys,
     loader_indices,
     shuffle_partners,
     silent_log_mel,
@@ -27,17 +32,19 @@ from avseg.evaluation.metrics import (
     official_scores,
     threshold_bins,
 )
+from avseg.evaluation.semantic_metrics import AVSSMetric
 from avseg.evaluation.rle import SavedPredictions, decode_mask, encode_mask, write_predictions
 
-VAE_MODELS = ("conv_ae", "fashion_vae", "faces_vae")
 
 
 def build_evaluator(cfg, out_dir=None):
-    """The evaluator for ``cfg``: VAE model names → ``VaeEvaluator(cfg)``, otherwise AVSBench metrics.
+    """The evaluator for ``cfg``: image models → ``VaeEvaluator(cfg)``, AVS models → AVSBench metrics.
 
     ``out_dir`` (AVS only) is where masks, predictions and the grid go when ``cfg.eval`` asks for them.
     """
-    if cfg.model.name in VAE_MODELS:
+    from avseg.models import registry
+
+    if registry.get(cfg.model.name).task == "image":
         from avseg.vae.evaluation import VaeEvaluator
 
         return VaeEvaluator(cfg)
@@ -45,23 +52,26 @@ def build_evaluator(cfg, out_dir=None):
 
 
 __all__ = [
+    "AVSSMetric",
     "AUDIO_MODES",
     "AVSBenchEvaluator",
     "AudioCounterfactual",
     "EvalResult",
     "FrameScores",
     "SavedPredictions",
-    "VAE_MODELS",
     "avsbench_fscore",
     "avsbench_miou",
     "batch_independent_scores",
     "build_evaluator",
     "decode_mask",
     "encode_mask",
+    "evaluate_audio_modes",
     "format_table",
     "frame_scores",
+    "inference_keys",
     "loader_indices",
     "official_scores",
+    "parse_audio_modes",
     "shuffle_partners",
     "silent_log_mel",
     "summarize",

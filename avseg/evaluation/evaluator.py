@@ -24,18 +24,19 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from avseg.engine.distributed import all_gather_objects, gather_to_main, get_rank, unwrap_model
 from avseg.errors import ConfigError
 from avseg.evaluation import metrics as M
 from avseg.evaluation.rle import SavedPredictions, encode_mask, pack_bins, write_predictions
-from avseg.fileio import atomic_path, atomic_write_text
+from avseg.fileio import atomic_path, atomic_write_text, join_inside
+from avseg.models import registry
 
 AUDIO_MODES = ("normal", "shuffle", "silent")
 MASK_KEYS = ("masks", "mask_valid")
@@ -228,30 +229,15 @@ def summarize(clips: List[ClipScores], batch_clips: int, fscore_from_binary: boo
     }
 
 
-# ----------------------------------------------------------------------------- distributed helpers
-def _world() -> tuple:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _all_gather(obj: Any) -> List[Any]:
-    rank, world = _world()
-    if world == 1:
-        return [obj]
-    gathered: List[Any] = [None] * world
-    dist.all_gather_object(gathered, obj)
-    return gathered
-
-
-def _gather_to_main(obj: Any) -> Optional[List[Any]]:
-    """``[obj of every rank]`` on rank 0, None elsewhere."""
-    rank, world = _world()
-    if world == 1:
-        return [obj]
-    gathered: Optional[List[Any]] = [None] * world if rank == 0 else None
-    dist.gather_object(obj, gathered, dst=0)
-    return gathered
+# ----------------------------------------------------------------------------- loaders and inputs
+def inference_keys(model: nn.Module) -> Tuple[str, ...]:
+    """The batch entries ``model``'s forward takes at inference: the ``batch_keys`` of its registry record
+    (models built from a config carry ``.cfg``), else its own ``batch_keys``, less the masks."""
+    if getattr(model, "cfg", None) is not None:
+        keys = registry.record_of(model).batch_keys
+    else:
+        keys = getattr(model, "batch_keys", ("frames", "log_mel"))
+    return tuple(key for key in keys if key not in MASK_KEYS)
 
 
 def loader_indices(loader: DataLoader) -> List[int]:
@@ -260,7 +246,7 @@ def loader_indices(loader: DataLoader) -> List[int]:
     if isinstance(sampler, RandomSampler) or getattr(sampler, "shuffle", False):
         raise ConfigError(
             "the evaluation loader shuffles its clips; the official F groups clips in dataset order, "
-            "so evaluate with shuffle=False (e.g. avseg.engine.trainer.build_eval_loader)"
+            "so evaluate with shuffle=False (e.g. avseg.data.loaders.build_eval_loader)"
         )
     if loader.batch_sampler is not None:
         return [int(i) for batch in loader.batch_sampler for i in batch]
@@ -363,12 +349,12 @@ class AVSBenchEvaluator:
     def run(self, model: nn.Module, loader: DataLoader, device) -> EvalResult:
         """Evaluate ``model`` on every clip of ``loader``; write files to ``out_dir`` when set."""
         device = torch.device(device)
-        model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-        input_keys = [key for key in getattr(model, "batch_keys", ("frames", "log_mel")) if key not in MASK_KEYS]
+        model = unwrap_model(model)
+        input_keys = inference_keys(model)
         indices = loader_indices(loader)
         audio = loader.dataset.mode if isinstance(loader.dataset, AudioCounterfactual) else "normal"
         collector = self._collector(len(loader.dataset))
-        rank, _ = _world()
+        rank = get_rank()
         was_training = model.training
         model.eval()
         start = time.perf_counter()
@@ -438,9 +424,9 @@ class AVSBenchEvaluator:
     def _write_pngs(self, root: Path, video_id: str, category: str, foreground: np.ndarray) -> None:
         from PIL import Image
 
-        folder = root / category / video_id if category else root / video_id
         for t, mask in enumerate(foreground):
-            with atomic_path(folder / f"{video_id}_{t}.png", suffix=".png") as tmp:
+            path = join_inside(root, category, video_id, f"{video_id}_{t}.png", what=f"predicted mask of video '{video_id}'")
+            with atomic_path(path, suffix=".png") as tmp:
                 Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
 
     # ------------------------------------------------------------------ saved-predictions path
@@ -479,17 +465,17 @@ class AVSBenchEvaluator:
 
     # ------------------------------------------------------------------ reduction and files
     def _finish(self, collector: _Collector, audio: str, seconds: float, fscore_from_binary: bool = False) -> EvalResult:
-        rank, _ = _world()
+        rank = get_rank()
         clips: Dict[int, ClipScores] = {}
-        for part in _all_gather(collector.clips):
+        for part in all_gather_objects(collector.clips):
             for clip in part:
                 clips.setdefault(clip.index, clip)  # a padding sampler repeats clips: keep one
         ordered = [clips[i] for i in sorted(clips)]
-        seconds = max(_all_gather(seconds))
+        seconds = max(all_gather_objects(seconds))
         metrics = summarize(ordered, self.batch_clips, fscore_from_binary)
         result = EvalResult(metrics, ordered, self.batch_clips, audio, fscore_from_binary, seconds)
-        predictions = _gather_to_main(collector.predictions) if collector.keep_predictions else None
-        visuals = _gather_to_main(collector.visuals) if collector.vis_indices else None
+        predictions = gather_to_main(collector.predictions) if collector.keep_predictions else None
+        visuals = gather_to_main(collector.visuals) if collector.vis_indices else None
         if rank == 0 and self.out_dir is not None:
             self._write_files(result, predictions, visuals)
         return result

@@ -36,6 +36,7 @@ F_NUM_THRESHOLDS = 255
 F_BETA2 = 0.3
 F_EPS = 1e-20
 NUM_BINS = F_NUM_THRESHOLDS + 1  # a probability is at or above 0..255 thresholds
+BIN_CHUNK = 16384  # probabilities per step of threshold_bins
 
 OFFICIAL_LABEL = "official (per batch of {clips} clips)"
 BATCH_INDEPENDENT_MIOU_LABEL = "batch-independent (mean IoU over all frames)"
@@ -87,10 +88,16 @@ def threshold_bins(probs: np.ndarray) -> np.ndarray:
     """
     probs = np.asarray(probs)
     if probs.dtype == np.float32:
-        bits = np.ascontiguousarray(probs).view(np.uint32)
-        cells = bits >> _BIN_SHIFT
-        above_inner = bits.view(np.int32) >= _BIN_INNER.take(cells)
-        return _BIN_BASE.take(cells) + above_inner.view(np.uint8)
+        # Chunks small enough that the temporaries stay in the CPU caches (3x faster on 20 x 224^2).
+        bits = np.ascontiguousarray(probs).reshape(-1).view(np.uint32)
+        bins = np.empty(probs.shape, dtype=np.uint8)
+        flat_bins = bins.reshape(-1)
+        for start in range(0, bits.size, BIN_CHUNK):
+            chunk = bits[start : start + BIN_CHUNK]
+            cells = chunk >> _BIN_SHIFT
+            above_inner = chunk.view(np.int32) >= _BIN_INNER.take(cells)
+            np.add(_BIN_BASE.take(cells), above_inner.view(np.uint8), out=flat_bins[start : start + BIN_CHUNK])
+        return bins
     if probs.dtype != np.float64:
         raise TypeError(f"probabilities must be float32 or float64, got {probs.dtype}")
     # float64 probabilities (float64 logits): the official compares them with the float32 thresholds
@@ -190,8 +197,10 @@ def fscore_curves(bins: np.ndarray, masks: np.ndarray) -> np.ndarray:
     num_frames = bins.shape[0]
     if num_frames == 0:
         return np.zeros((0, F_NUM_THRESHOLDS))
-    keys = (bins.astype(np.uint16) << 1) | masks  # [N, H, W]: 2 * bin + ground truth
-    counts = np.stack([np.bincount(frame_keys.ravel(), minlength=NUM_BINS * 2) for frame_keys in keys])
+    counts = np.empty((num_frames, NUM_BINS * 2), dtype=np.int64)
+    for frame in range(num_frames):  # per frame, so the keys stay in the CPU caches
+        keys = (bins[frame].astype(np.uint16) << 1) | masks[frame]  # [H, W]: 2 * bin + ground truth
+        counts[frame] = np.bincount(keys.ravel(), minlength=NUM_BINS * 2)
     counts = counts.reshape(num_frames, NUM_BINS, 2)
     at_or_above = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1][:, 1:]  # [N, 255, 2]
     true_pos = at_or_above[..., 1].astype(np.float64)

@@ -1,5 +1,6 @@
 """Inference on any video with sound: :class:`Segmenter` (checkpoint → masks per frame), PyAV video
-input/output (:mod:`avseg.inference.video`) and mask drawing (:mod:`avseg.inference.overlay`)."""
+input/output (:mod:`avseg.inference.video`), mask drawing (:mod:`avseg.inference.overlay`) and the demo's
+output files (:mod:`avseg.inference.outputs`: never at an input, replaced atomically)."""
 from avseg.inference.segmenter import MediaInput, Prediction, Segmenter
 
 __all__ = ["MediaInput", "Prediction", "Segmenter"]

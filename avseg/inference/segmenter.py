@@ -41,7 +41,8 @@ from PIL import Image
 from avseg.audio.io import load_audio
 from avseg.audio.vggish_input import MIN_SAMPLES, SAMPLE_RATE, pad_examples, waveform_to_examples
 from avseg.data.avsbench_dataset import SEMANTIC_FRAMES, SEMANTIC_SETS, V1_FRAMES, normalize_frames
-from avseg.errors import MediaError
+from avseg.errors import CheckpointError, ConfigError, MediaError
+from avseg.models import registry
 from avseg.inference.video import (
     VideoInfo,
     choose_fps,
@@ -58,6 +59,18 @@ PathLike = Union[str, Path]
 MIN_DURATION = MIN_SAMPLES / SAMPLE_RATE  # 0.975 s: the shortest audio that gives one VGGish example
 DEFAULT_MAX_FPS = 25.0
 _EPS = 1e-6
+
+
+TASK_KINDS = {"avs": "an audio-visual segmentation model", "image": "an image autoencoder/VAE"}
+
+
+def avs_record(name: str, source: str, error: type = ConfigError) -> registry.ModelRecord:
+    """The registry record of model ``name``; ``error`` naming ``source`` when it is not an AVS model."""
+    record = registry.get(name)
+    if record.task != "avs":
+        raise error(f"{source}: the model '{name}' is {TASK_KINDS.get(record.task, record.task)} (task "
+                    f"'{record.task}'); segmenting videos needs an AVS model ({', '.join(registry.names('avs'))})")
+    return record
 
 
 # ----------------------------------------------------------------------------- window schedule
@@ -183,6 +196,9 @@ class Segmenter:
                  batch_size: int = 4, threshold: float = 0.5, clip_seconds: Optional[int] = None):
         from avseg.engine.run_setup import select_device
 
+        if not 0.0 <= threshold <= 1.0:
+            raise MediaError(f"threshold (--threshold) is a probability in [0, 1], got {threshold}")
+        self.record = avs_record(cfg.model.name, "key 'model.name'", ConfigError)
         self.device = select_device("auto" if device is None else str(device))
         self.model = model.to(self.device).eval()
         self.cfg = cfg
@@ -194,11 +210,24 @@ class Segmenter:
         self.seed = int(cfg.seed)
 
     @classmethod
-    def from_checkpoint(cls, path: PathLike, device: Union[str, torch.device, None] = None, **kwargs) -> "Segmenter":
-        """Load an avseg checkpoint (weights + config); ``kwargs`` go to the constructor."""
-        from avseg.models import load_model
+    def from_checkpoint(cls, path: PathLike, device: Union[str, torch.device, None] = None, runtime: str = "torch",
+                        **kwargs) -> "Segmenter":
+        """Load an avseg checkpoint (weights + config); ``kwargs`` go to the constructor.
 
-        model = load_model(path, device="cpu")
+        ``runtime``: ``"torch"`` (eager) or ``"onnx"`` (onnxruntime on the CPU; ``path`` may then also be an
+        ``.onnx`` file written by tools/export.py).
+        """
+        if runtime == "onnx":
+            from avseg.inference.onnx_runtime import load_onnx_model
+
+            model = load_onnx_model(path)
+        elif runtime == "torch":
+            from avseg.models import load_model
+
+            model = load_model(path, device="cpu")
+        else:
+            raise ValueError(f"runtime must be 'torch' or 'onnx', got '{runtime}'")
+        avs_record(model.cfg.model.name, str(path), CheckpointError)
         return cls(model, model.cfg, device=device, **kwargs)
 
     # ------------------------------------------------------------------ public API
@@ -390,7 +419,8 @@ class Segmenter:
         """Clips of uint8 frames ``[T, S, S, 3]`` and log-mels ``[T, 1, 96, 64]`` → probabilities ``[B, T, S, S]``."""
         batch_frames = torch.stack([normalize_frames(clip) for clip in frames]).to(self.device)
         batch_log_mel = torch.stack(list(log_mels)).to(self.device)
-        logits = self.model(frames=batch_frames, log_mel=batch_log_mel)["logits"]  # [B, T, 1, h, w]
+        inputs = registry.select_inputs(self.record, {"frames": batch_frames, "log_mel": batch_log_mel})
+        logits = self.model(**inputs)["logits"]  # [B, T, 1, h, w]
         logits = logits.flatten(0, 1).float()
         if logits.shape[-2:] != (self.image_size, self.image_size):
             logits = torch.nn.functional.interpolate(logits, size=(self.image_size, self.image_size),

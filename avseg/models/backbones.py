@@ -26,7 +26,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from avseg.errors import CheckpointError, ConfigError
+from avseg.errors import CheckpointError
+from avseg.models.registry import ArgumentError, config_keys
 from avseg.weights import compare_state, read_state_dict
 
 BACKBONES: Dict[str, dict] = {
@@ -75,7 +76,7 @@ class VisualBackbone(nn.Module):
         import timm
 
         if name not in BACKBONES:
-            raise ConfigError(f"key 'model.backbone.name': unknown backbone '{name}' (expected one of {sorted(BACKBONES)})")
+            raise ArgumentError("name", f"unknown backbone '{name}' (expected one of {sorted(BACKBONES)})")
         spec = BACKBONES[name]
         kwargs = dict(features_only=True, out_indices=spec["out_indices"])
         rate = spec["drop_path_rate"] if drop_path_rate is None else drop_path_rate
@@ -94,4 +95,5 @@ class VisualBackbone(nn.Module):
 
 def build_backbone(cfg_backbone) -> VisualBackbone:
     """From ``cfg.model.backbone`` (``name``, ``weights``, ``drop_path_rate``)."""
-    return VisualBackbone(cfg_backbone.name, cfg_backbone.weights, cfg_backbone.get("drop_path_rate"))
+    with config_keys({"name": "model.backbone.name"}):
+        return VisualBackbone(cfg_backbone.name, cfg_backbone.weights, cfg_backbone.get("drop_path_rate"))

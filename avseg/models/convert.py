@@ -21,11 +21,12 @@ encoder keeps the weights it was built with (``model.audio.weights`` or ``--vggi
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List, Mapping
 
 import torch
 
 from avseg.models.backbones import feature_key
+from avseg.models.registry import ConversionResult
 
 #: Official keys that exist in the checkpoints but are unused by the official forward pass.
 UNUSED_OFFICIAL_PREFIXES = ("resnet.layer3_2.", "resnet.layer4_2.", "path4.resConfUnit1.")
@@ -40,7 +41,7 @@ _RULES = (
 )
 
 
-def is_avsbench_state_dict(state_dict: Dict[str, torch.Tensor]) -> bool:
+def is_avsbench_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
     """True for an official AVSBench state dict (with or without ``module.``, already stripped here)."""
     keys = list(state_dict)
     has_backbone = any(k.startswith(("resnet.layer1.", "encoder_backbone.")) for k in keys)
@@ -55,11 +56,11 @@ def _pvt_keys(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {f"backbone.body.{feature_key(k)}": v for k, v in pvt_v2.checkpoint_filter_fn(inner, None).items()}
 
 
-def convert_avsbench_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str], List[str]]:
+def convert_avsbench_state_dict(state_dict: Dict[str, torch.Tensor]) -> ConversionResult:
     """Rename an official AVSBench state dict to avseg names.
 
-    Returns ``(converted, dropped_unused, unknown)``: the renamed tensors, the official keys dropped
-    because the official model never uses them, and keys no rule knows (left out).
+    The result holds the renamed tensors, the official keys dropped because the official model never
+    uses them, and the keys no rule knows (left out).
     """
     converted: Dict[str, torch.Tensor] = {}
     dropped: List[str] = []
@@ -80,4 +81,4 @@ def convert_avsbench_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[Di
                 break
         else:
             unknown.append(key)
-    return converted, dropped, unknown
+    return ConversionResult(converted, dropped, unknown)

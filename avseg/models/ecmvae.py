@@ -32,13 +32,13 @@ Parameter names follow MMVAE-AVS (``neck_prior.conv_list.0.reduce.0.conv.weight`
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from einops import rearrange
 
-from avseg.errors import ConfigError
 from avseg.losses.avm import avm_loss
 from avseg.losses.latent import (
     KL_FORMS,
@@ -53,10 +53,47 @@ from avseg.losses.segmentation import SEGMENTATION_LOSSES, segmentation_loss
 from avseg.models.backbones import feature_key
 from avseg.models.decoders import RefineDecoder
 from avseg.models.ecmvae_latent import POSTERIOR, PRIOR, FactorisedLatents, Gaussian, reparameterise
-from avseg.models.registry import ModelRecord, register
+from avseg.models.registry import ArgumentError, ConversionResult, ModelRecord, WeightFormat, config_keys, register
 from avseg.models.tpavi import TPAVI
+from avseg.weights import strip_prefix
 
 LATENT_NOISE_KEYS = ("vs", "as", "c")
+
+
+def _check_choice(argument: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ArgumentError(argument, f"unknown value '{value}' (expected one of {sorted(choices)})")
+
+
+@dataclass(frozen=True)
+class ECMVAELoss:
+    """How ECMVAE's training loss is composed (see the module docstring for the terms).
+
+    loss = seg_prior + posterior_seg_weight·seg_post + kl_weight·kl + diff_weight·diff − mi_weight·mi
+    (+ avm_weight·avm). ``seg_loss``: ``structure`` (released) or ``bce``; ``shared_divergence``:
+    ``js_released`` | ``js_mc`` | ``kl`` (:mod:`avseg.losses.latent`), ``js_samples`` Monte-Carlo draws
+    for ``js_mc``; ``kl_form``: ``analytic`` or ``released`` (the released KL reads exp(logvar) as the
+    std); ``mi_form``: ``released`` (data term only) or ``gaussian`` (full log-density).
+    """
+
+    seg_loss: str = "structure"
+    posterior_seg_weight: float = 1.0
+    kl_weight: float = 0.01
+    diff_weight: float = 0.001
+    mi_weight: float = 0.001
+    avm_weight: float = 0.0
+    shared_divergence: str = "js_released"
+    js_samples: int = 8
+    kl_form: str = "analytic"
+    mi_form: str = "released"
+
+    def __post_init__(self):
+        _check_choice("seg_loss", self.seg_loss, SEGMENTATION_LOSSES)
+        _check_choice("shared_divergence", self.shared_divergence, SHARED_DIVERGENCES)
+        _check_choice("kl_form", self.kl_form, KL_FORMS)
+        _check_choice("mi_form", self.mi_form, MI_FORMS)
+        if self.js_samples < 1:
+            raise ArgumentError("js_samples", f"must be at least 1, got {self.js_samples}")
 
 
 class ConvBN(nn.Module):
@@ -110,13 +147,10 @@ class ECMVAE(nn.Module):
         latent_path: False for the deterministic ablation (backbone, neck, TPAVI, decoder; no latents,
             no posterior path).
         shared_only: keep only the shared code c (ablation); no diff or MI term.
-        seg_loss: ``structure`` (released) or ``bce``.
-        posterior_seg_weight, kl_weight, diff_weight, mi_weight, avm_weight: loss weights.
-        shared_divergence: ``js_released`` | ``js_mc`` | ``kl`` (see :mod:`avseg.losses.latent`).
-        js_samples: Monte-Carlo draws for ``js_mc``.
-        kl_form: ``analytic`` or ``released`` (the released KL reads exp(logvar) as the std).
-        mi_form: ``released`` (data term only) or ``gaussian`` (full log-density).
+        loss: the loss composition (:class:`ECMVAELoss`); ``model.loss`` may be replaced after building.
         sample_at_test, num_samples: inference behaviour (attributes, may be changed after building).
+
+    Bad arguments raise :class:`~avseg.models.registry.ArgumentError` (a ``ValueError``) naming them.
     """
 
     batch_keys = ("frames", "log_mel", "masks", "mask_valid")
@@ -134,50 +168,31 @@ class ECMVAE(nn.Module):
         fusion: bool = True,
         latent_path: bool = True,
         shared_only: bool = False,
-        seg_loss: str = "structure",
-        posterior_seg_weight: float = 1.0,
-        kl_weight: float = 0.01,
-        diff_weight: float = 0.001,
-        mi_weight: float = 0.001,
-        avm_weight: float = 0.0,
-        shared_divergence: str = "js_released",
-        js_samples: int = 8,
-        kl_form: str = "analytic",
-        mi_form: str = "released",
+        loss: ECMVAELoss = ECMVAELoss(),
         sample_at_test: bool = False,
         num_samples: int = 1,
     ):
         super().__init__()
         stages = sorted(set(int(s) for s in tpavi_stages)) if fusion else []
         audio_dim = int(getattr(audio_encoder, "out_dim", 128))
-        _check_choice("model.seg_loss", seg_loss, SEGMENTATION_LOSSES)
-        _check_choice("model.ecmvae.shared_divergence", shared_divergence, SHARED_DIVERGENCES)
-        _check_choice("model.ecmvae.kl_form", kl_form, KL_FORMS)
-        _check_choice("model.ecmvae.mi_form", mi_form, MI_FORMS)
         if any(s not in range(4) for s in stages):
-            raise ConfigError(f"key 'model.tpavi_stages': stages must be in 0..3, got {list(tpavi_stages)}")
+            raise ArgumentError("tpavi_stages", f"stages must be in 0..3, got {list(tpavi_stages)}")
         if fusion and not stages:
-            raise ConfigError("key 'model.tpavi_stages': fusion is on but no stage is listed (use model.fusion=false)")
+            raise ArgumentError("tpavi_stages", "fusion is on but no stage is listed (use fusion=False)")
         if stages and audio_dim != neck_channels:
-            raise ConfigError(
-                f"key 'model.neck_channels': the ECMVAE TPAVI has no audio alignment layer, so the audio encoder's "
+            raise ArgumentError(
+                "neck_channels", f"the ECMVAE TPAVI has no audio alignment layer, so the audio encoder's "
                 f"{audio_dim}-d output must equal neck_channels ({neck_channels})"
             )
-        if avm_weight and not stages:
-            raise ConfigError("key 'model.avm_weight': the AV-map loss needs TPAVI fusion (model.fusion=true)")
+        if loss.avm_weight and not stages:
+            raise ArgumentError("avm_weight", "the AV-map loss needs TPAVI fusion (fusion=True)")
         if image_size < 32 or image_size % 32:
-            raise ConfigError(f"key 'data.image_size': ECMVAE needs a multiple of 32, got {image_size}")
-        if num_samples < 1 or js_samples < 1:
-            raise ConfigError("keys 'model.ecmvae.num_samples' and 'model.ecmvae.js_samples' must be at least 1")
+            raise ArgumentError("image_size", f"ECMVAE needs a multiple of 32, got {image_size}")
+        if num_samples < 1:
+            raise ArgumentError("num_samples", f"must be at least 1, got {num_samples}")
         self.tpavi_stages = stages
         self.latent_path = latent_path
-        self.seg_loss = seg_loss
-        self.weights = dict(seg_post=float(posterior_seg_weight), kl=float(kl_weight), diff=float(diff_weight),
-                            mi=float(mi_weight), avm=float(avm_weight))
-        self.shared_divergence = shared_divergence
-        self.js_samples = js_samples
-        self.kl_form = kl_form
-        self.mi_form = mi_form
+        self.loss = loss
         self.sample_at_test = sample_at_test
         self.num_samples = num_samples
 
@@ -310,7 +325,8 @@ class ECMVAE(nn.Module):
         fused_prior, audio_prior = self.fuse(maps_prior, audio, all_lengths)
         logits_prior = self.decoder_prior(fused_prior, output_size=size)
         outputs["logits"] = logits_prior
-        outputs["seg_prior"] = segmentation_loss(self.seg_loss, logits_prior[annotated].unsqueeze(1), clip_masks)
+        loss = self.loss
+        outputs["seg_prior"] = segmentation_loss(loss.seg_loss, logits_prior[annotated].unsqueeze(1), clip_masks)
         total = outputs["seg_prior"]
 
         if self.latent_path:
@@ -324,18 +340,18 @@ class ECMVAE(nn.Module):
             maps_post[-1] = self.mm_vae_model.inject(POSTERIOR, maps_post[-1], combined_post)
             fused_post, _ = self.fuse(maps_post, audio_q, lengths)
             logits_post = self.decoder_post(fused_post, output_size=size)
-            outputs["seg_post"] = segmentation_loss(self.seg_loss, logits_post.unsqueeze(1), clip_masks)
+            outputs["seg_post"] = segmentation_loss(loss.seg_loss, logits_post.unsqueeze(1), clip_masks)
             outputs.update(self._latent_terms(gaussians_prior, codes_prior, combined_prior, annotated,
                                               gaussians_post, codes_post, combined_post))
-            total = (total + self.weights["seg_post"] * outputs["seg_post"] + self.weights["kl"] * outputs["kl"])
+            total = total + loss.posterior_seg_weight * outputs["seg_post"] + loss.kl_weight * outputs["kl"]
             if "diff" in outputs:
-                total = total + self.weights["diff"] * outputs["diff"] - self.weights["mi"] * outputs["mi"]
+                total = total + loss.diff_weight * outputs["diff"] - loss.mi_weight * outputs["mi"]
 
-        if self.weights["avm"]:
+        if loss.avm_weight:
             stages = self.tpavi_stages
             outputs["avm"] = avm_loss(logits_prior, [audio_prior[s] for s in stages],
                                       [fused_prior[s] for s in stages], normalize=True)
-            total = total + self.weights["avm"] * outputs["avm"]
+            total = total + loss.avm_weight * outputs["avm"]
         outputs["loss"] = total
         return outputs
 
@@ -345,30 +361,26 @@ class ECMVAE(nn.Module):
         prior_at_annotated = {name: (mu[annotated], logvar[annotated]) for name, (mu, logvar) in gaussians_prior.items()}
         mu_p, logvar_p = prior_at_annotated["c"]
         mu_q, logvar_q = gaussians_post["c"]
-        kl = shared_code_divergence(self.shared_divergence, mu_p, logvar_p, mu_q, logvar_q, self.js_samples, self.kl_form)
+        loss = self.loss
+        kl = shared_code_divergence(loss.shared_divergence, mu_p, logvar_p, mu_q, logvar_q, loss.js_samples, loss.kl_form)
         terms = {}
         if self.mm_vae_model.shared_only:
             terms["kl"] = kl
             return terms
         for name in ("vs", "as"):
-            kl = kl + gaussian_kl(*gaussians_post[name], *prior_at_annotated[name], form=self.kl_form).mean()
+            kl = kl + gaussian_kl(*gaussians_post[name], *prior_at_annotated[name], form=loss.kl_form).mean()
         terms["kl"] = kl
         terms["diff"] = sum(
             difference_loss(codes[name], codes["c"]) for codes in (codes_prior, codes_post) for name in ("vs", "as")
         )
         terms["mi"] = sum(
-            ba_log_likelihood(*self.mm_vae_model.mi_heads(side, combined), form=self.mi_form)
+            ba_log_likelihood(*self.mm_vae_model.mi_heads(side, combined), form=loss.mi_form)
             for side, combined in ((POSTERIOR, combined_post), (PRIOR, combined_prior))
         )
         return terms
 
 
 # ----------------------------------------------------------------------------- helpers
-def _check_choice(key: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"key '{key}': unknown value '{value}' (expected one of {sorted(choices)})")
-
-
 def _tpavi_over_clips(block: TPAVI, frames: torch.Tensor, audio: torch.Tensor,
                       clip_lengths: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
     """TPAVI on ``[N, C, h, w]`` frames and ``[N, C]`` audio grouped into clips of ``clip_lengths`` frames."""
@@ -404,7 +416,13 @@ def _noise_for_sample(latent_noise: Optional[Dict[str, torch.Tensor]], index: in
 MMVAE_UNUSED_PREFIXES = ("audio_neck.", "decoder_prior.fusion_block_1.resConfUnit1.", "decoder_post.fusion_block_1.resConfUnit1.")
 
 
-def convert_mmvae_avs_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+def is_mmvae_avs_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for a released MMVAE-AVS state dict (``encoder.*`` plus ``decoder_prior.*``/``mm_vae_model.*``)."""
+    return any(k.startswith("encoder.") for k in state_dict) and any(
+        k.startswith(("decoder_prior.", "mm_vae_model.")) for k in state_dict)
+
+
+def convert_mmvae_avs_state_dict(state_dict: Dict[str, torch.Tensor]) -> ConversionResult:
     """Rename a released MMVAE-AVS ``AVSMMVAE`` state dict to :class:`ECMVAE` names.
 
     ``encoder.*`` (torchvision ResNet or original PVTv2 names) becomes ``backbone.body.*`` (timm
@@ -413,10 +431,9 @@ def convert_mmvae_avs_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[D
     never calls them: ``audio_neck`` and the deepest decoder block's ``resConfUnit1``. VGGish is not
     part of the release's state dict; the audio encoder keeps its own weights.
 
-    Returns ``(converted, dropped_keys)``; a ``module.`` prefix (DataParallel) is removed first.
+    A ``module.`` prefix (DataParallel) is removed first.
     """
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    state_dict = strip_prefix(state_dict)
     converted: Dict[str, torch.Tensor] = {}
     dropped: List[str] = []
     backbone = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
@@ -436,42 +453,62 @@ def convert_mmvae_avs_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[D
             dropped.append(key)
         else:
             converted[key] = value
-    return converted, dropped
+    return ConversionResult(converted, dropped)
 
 
 # ----------------------------------------------------------------------------- factory
+#: Constructor argument -> the config key it comes from (for error messages).
+_CONFIG_KEYS = {
+    "tpavi_stages": "model.tpavi_stages", "neck_channels": "model.neck_channels", "image_size": "data.image_size",
+    "avm_weight": "model.avm_weight", "seg_loss": "model.seg_loss", "num_samples": "model.ecmvae.num_samples",
+    **{name: f"model.ecmvae.{name}" for name in ("shared_divergence", "js_samples", "kl_form", "mi_form")},
+}
+
+
 def build_ecmvae(cfg) -> ECMVAE:
     """The ``ecmvae`` model from a full config (``cfg.model`` with ``cfg.model.ecmvae``; ``cfg.data.image_size``)."""
     from avseg.audio.vggish import build_audio_encoder
     from avseg.models.backbones import build_backbone
 
     model_cfg, ecmvae_cfg = cfg.model, cfg.model.ecmvae
-    return ECMVAE(
-        build_backbone(model_cfg.backbone),
-        build_audio_encoder(model_cfg.audio),
-        neck_channels=model_cfg.neck_channels,
-        latent_dim=ecmvae_cfg.latent_dim,
-        mi_dim=ecmvae_cfg.mi_dim,
-        encoder_channels=ecmvae_cfg.encoder_channels,
-        image_size=cfg.data.image_size,
-        tpavi_stages=model_cfg.tpavi_stages,
-        fusion=model_cfg.fusion,
-        latent_path=ecmvae_cfg.latent_path,
-        shared_only=ecmvae_cfg.shared_only,
-        seg_loss=model_cfg.seg_loss,
-        posterior_seg_weight=ecmvae_cfg.posterior_seg_weight,
-        kl_weight=ecmvae_cfg.kl_weight,
-        diff_weight=ecmvae_cfg.diff_weight,
-        mi_weight=ecmvae_cfg.mi_weight,
-        avm_weight=model_cfg.avm_weight,
-        shared_divergence=ecmvae_cfg.shared_divergence,
-        js_samples=ecmvae_cfg.js_samples,
-        kl_form=ecmvae_cfg.kl_form,
-        mi_form=ecmvae_cfg.mi_form,
-        sample_at_test=ecmvae_cfg.sample_at_test,
-        num_samples=ecmvae_cfg.num_samples,
-    )
+    with config_keys(_CONFIG_KEYS):
+        loss = ECMVAELoss(
+            seg_loss=model_cfg.seg_loss,
+            posterior_seg_weight=float(ecmvae_cfg.posterior_seg_weight),
+            kl_weight=float(ecmvae_cfg.kl_weight),
+            diff_weight=float(ecmvae_cfg.diff_weight),
+            mi_weight=float(ecmvae_cfg.mi_weight),
+            avm_weight=float(model_cfg.avm_weight),
+            shared_divergence=ecmvae_cfg.shared_divergence,
+            js_samples=ecmvae_cfg.js_samples,
+            kl_form=ecmvae_cfg.kl_form,
+            mi_form=ecmvae_cfg.mi_form,
+        )
+        return ECMVAE(
+            build_backbone(model_cfg.backbone),
+            build_audio_encoder(model_cfg.audio),
+            neck_channels=model_cfg.neck_channels,
+            latent_dim=ecmvae_cfg.latent_dim,
+            mi_dim=ecmvae_cfg.mi_dim,
+            encoder_channels=ecmvae_cfg.encoder_channels,
+            image_size=cfg.data.image_size,
+            tpavi_stages=model_cfg.tpavi_stages,
+            fusion=model_cfg.fusion,
+            latent_path=ecmvae_cfg.latent_path,
+            shared_only=ecmvae_cfg.shared_only,
+            loss=loss,
+            sample_at_test=ecmvae_cfg.sample_at_test,
+            num_samples=ecmvae_cfg.num_samples,
+        )
 
 
-register(ModelRecord("ecmvae", build_ecmvae, ECMVAE.batch_keys, "avs",
-                     description="ECMVAE (Mao et al., ICCV 2023)"))
+register(ModelRecord(
+    "ecmvae", build_ecmvae, ECMVAE.batch_keys, "avs",
+    formats={"mmvae-avs": WeightFormat(
+        is_mmvae_avs_state_dict, convert_mmvae_avs_state_dict, missing_ok=("audio_encoder.",),
+        description="released MMVAE-AVS state dict: encoder.* with decoder_prior.*/mm_vae_model.*",
+    )},
+    tiny_overrides=("model.backbone.name=resnet18", "model.audio.name=small", "model.audio.freeze=false",
+                    "model.neck_channels=128", "data.image_size=64"),
+    description="ECMVAE (Mao et al., ICCV 2023)",
+))

@@ -1,47 +1,36 @@
 """Model factory: config -> model, avseg checkpoints -> model, and weights from official releases.
 
-* :func:`build_model` dispatches on ``cfg.model.name``: ``tpavi`` (AVSBench baseline),
-  ``ecmvae`` (:func:`avseg.models.ecmvae.build_ecmvae`), ``conv_ae``/``fashion_vae``/``faces_vae``
-  (:func:`avseg.vae.models.build_vae_model`).
+Every step asks the registry (:mod:`avseg.models.registry`); no model name is written here.
+
+* :func:`build_model` builds the model of ``cfg.model.name`` through its record's ``from_config``.
 * :func:`load_model` rebuilds the model stored in an avseg checkpoint (config + weights) in eval mode.
-* :func:`load_weights` loads an avseg checkpoint, an official AVSBench state dict or an official
-  MMVAE-AVS (ECMVAE) state dict into an existing model and reports missing/unexpected keys in groups.
+* :func:`load_weights` loads an avseg checkpoint or an official state dict (any format a record
+  converts) into an existing model and reports missing/unexpected keys in groups.
 """
 from __future__ import annotations
 
 import copy
 import os
 import warnings
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from avseg.errors import CheckpointError, ConfigError
+from avseg.errors import CheckpointError
+from avseg.models import registry
 from avseg.weights import LoadReport, load_into, safe_load, strip_prefix
-
-AVS_MODELS = ("tpavi", "ecmvae")
-VAE_MODELS = ("conv_ae", "fashion_vae", "faces_vae")
-FORMATS = ("avseg", "avsbench", "mmvae-avs")
 
 
 def build_model(cfg: DictConfig) -> nn.Module:
-    """The model named by ``cfg.model.name``, with pretrained parts loaded from the files the config names."""
-    name = cfg.model.name
-    if name == "tpavi":
-        from avseg.models.tpavi_model import build_avsbench_model
+    """The model named by ``cfg.model.name``, with pretrained parts loaded from the files the config names.
 
-        return build_avsbench_model(cfg)
-    if name == "ecmvae":
-        from avseg.models.ecmvae import build_ecmvae
-
-        return build_ecmvae(cfg)
-    if name in VAE_MODELS:
-        from avseg.vae.models import build_vae_model
-
-        return build_vae_model(cfg)
-    raise ConfigError(f"key 'model.name': unknown model '{name}' (expected one of {AVS_MODELS + VAE_MODELS})")
+    The model carries ``cfg`` (``model.cfg``), so :func:`registry.record_of` finds its record.
+    """
+    model = registry.get(cfg.model.name).from_config(cfg)
+    model.cfg = cfg
+    return model
 
 
 def without_pretrained_files(cfg: DictConfig, keep_audio_weights: bool = False) -> DictConfig:
@@ -61,8 +50,8 @@ def without_pretrained_files(cfg: DictConfig, keep_audio_weights: bool = False) 
 def build_model_for_checkpoint(cfg: DictConfig, keep_audio_weights: bool = False) -> nn.Module:
     """Build the architecture of ``cfg`` without reading the pretrained backbone file (weights follow).
 
-    ``keep_audio_weights=True`` is for official AVSBench/MMVAE-AVS files, which do not contain VGGish:
-    the audio encoder is then loaded from ``model.audio.weights``. A VGGish PCA postprocessor needs its
+    ``keep_audio_weights=True`` is for official release files, which do not contain the audio encoder
+    (VGGish): it is then loaded from ``model.audio.weights``. A VGGish PCA postprocessor needs its
     parameters file (``model.audio.pca_weights``) to be rebuilt.
     """
     from avseg.audio.vggish import MissingWeightsWarning
@@ -78,12 +67,18 @@ def build_model_for_checkpoint(cfg: DictConfig, keep_audio_weights: bool = False
         return build_model(cfg)
 
 
-def load_model(path: Union[str, os.PathLike], device: Optional[Union[str, torch.device]] = None) -> nn.Module:
-    """The model of an avseg checkpoint (weights + config) in eval mode, on ``device`` (default CPU)."""
+def load_model(
+    path: Union[str, os.PathLike], device: Optional[Union[str, torch.device]] = None, cfg: Optional[DictConfig] = None
+) -> nn.Module:
+    """The model of an avseg checkpoint (weights + config) in eval mode, on ``device`` (default CPU).
+
+    ``cfg`` (the checkpoint's config with a user's overrides, e.g. ``model.ecmvae.num_samples=8``) builds
+    the model instead of the stored config; its weights must still fit.
+    """
     from avseg.checkpoint import read_checkpoint
 
     payload = read_checkpoint(path)
-    cfg = payload["config"]
+    cfg = cfg if cfg is not None else payload["config"]
     model = build_model_for_checkpoint(cfg)
     state_dict = payload.get("model")
     if not isinstance(state_dict, dict):
@@ -94,31 +89,19 @@ def load_model(path: Union[str, os.PathLike], device: Optional[Union[str, torch.
 
 
 # ----------------------------------------------------------------------------- foreign weights
-def detect_format(payload) -> str:
-    """``avseg`` (checkpoint), ``avsbench`` or ``mmvae-avs`` (official state dicts); ``unknown`` otherwise."""
-    from avseg.checkpoint import FORMAT
-    from avseg.models.convert import is_avsbench_state_dict
+def _tensors(payload) -> dict:
+    return strip_prefix({k: v for k, v in payload.items() if torch.is_tensor(v)})
 
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        return "avseg"
+
+def detect_format(payload) -> str:
+    """``avseg`` (checkpoint), the official format a record recognises, or ``unknown``."""
+    from avseg.checkpoint import FORMAT
+
     if not isinstance(payload, dict):
         return "unknown"
-    state_dict = strip_prefix({k: v for k, v in payload.items() if torch.is_tensor(v)})
-    if is_avsbench_state_dict(state_dict):
-        return "avsbench"
-    if any(k.startswith("encoder.") for k in state_dict) and any(k.startswith(("decoder_prior.", "mm_vae_model.")) for k in state_dict):
-        return "mmvae-avs"
-    return "unknown"
-
-
-def _convert_mmvae(state_dict):
-    from avseg.models.ecmvae import convert_mmvae_avs_state_dict
-
-    result = convert_mmvae_avs_state_dict(state_dict)
-    if isinstance(result, tuple):
-        converted, dropped = result[0], list(result[1]) if len(result) > 1 else []
-        return converted, dropped
-    return result, []
+    if payload.get("format") == FORMAT:
+        return registry.AVSEG_FORMAT
+    return registry.detect(_tensors(payload)) or "unknown"
 
 
 def load_weights(
@@ -129,38 +112,36 @@ def load_weights(
 ) -> LoadReport:
     """Load weights from ``path`` into ``model`` (in place) and return a :class:`LoadReport`.
 
-    ``path`` may hold an avseg checkpoint, an official AVSBench state dict (ResNet or PVT, with or
-    without ``module.``) or an official MMVAE-AVS state dict (converted by
-    :func:`avseg.models.ecmvae.convert_mmvae_avs_state_dict`). ``expected_format`` (one of
-    ``avseg``, ``avsbench``, ``mmvae-avs``) makes a different detected format an error.
+    ``path`` may hold an avseg checkpoint or an official state dict (with or without ``module.``) of a
+    format some record converts (:func:`registry.formats`); the record that owns the format converts it,
+    and a model built from a config must be that record's model. ``expected_format`` makes a different
+    detected format an error.
 
     Raises :class:`CheckpointError` when a tensor has the wrong shape or a model key is missing from the
-    file, except the audio encoder for official files (they never contain it) and keys starting with
-    one of ``allow_missing``.
+    file, except keys the format never contains (its ``missing_ok``) and keys starting with one of
+    ``allow_missing``.
     """
-    from avseg.models.convert import convert_avsbench_state_dict
-
+    if expected_format is not None and expected_format != registry.AVSEG_FORMAT:
+        registry.format_owner(expected_format)  # an unknown format name is a ConfigError
     payload = safe_load(path)
     source = detect_format(payload)
-    if expected_format is not None and expected_format not in FORMATS:
-        raise ConfigError(f"unknown weights format '{expected_format}' (expected one of {FORMATS})")
     if source == "unknown":
         raise CheckpointError(
-            f"{path}: not an avseg checkpoint, nor an official AVSBench or MMVAE-AVS state dict "
-            "(no 'format' entry, no 'resnet.'/'encoder_backbone.' + 'output_conv.' keys, no 'encoder.' + 'decoder_prior.' keys)"
+            f"{path}: not an avseg checkpoint, nor an official state dict of a known layout "
+            f"(no 'format' entry; none of: {registry.describe_formats()})"
         )
     if expected_format is not None and source != expected_format:
         raise CheckpointError(f"{path}: expected {expected_format} weights, but the file holds {source} weights")
-    dropped: List[str] = []
-    allowed = tuple(allow_missing)
-    if source == "avseg":
-        state_dict = payload["model"]
-    else:
-        raw = strip_prefix({k: v for k, v in payload.items() if torch.is_tensor(v)})
-        if source == "avsbench":
-            state_dict, dropped, unknown = convert_avsbench_state_dict(raw)
-            state_dict.update({k: raw[k] for k in unknown})  # reported as unexpected below
-        else:
-            state_dict, dropped = _convert_mmvae(raw)
-        allowed += ("audio_encoder.",)
-    return load_into(model, state_dict, path, source, missing_ok=allowed, allow_unexpected=True, dropped=dropped)
+    if source == registry.AVSEG_FORMAT:
+        return load_into(model, payload["model"], path, source, missing_ok=allow_missing, allow_unexpected=True)
+    owner = registry.format_owner(source)
+    if getattr(model, "cfg", None) is not None and registry.record_of(model).name != owner.name:
+        raise CheckpointError(
+            f"{path}: holds {source} weights, which are for model '{owner.name}', not '{model.cfg.model.name}' (model.name)"
+        )
+    weight_format = owner.formats[source]
+    raw = _tensors(payload)
+    result = weight_format.convert(raw)
+    state_dict = {**result.state_dict, **{k: raw[k] for k in result.unknown}}  # unknown keys: reported as unexpected
+    missing_ok = tuple(allow_missing) + weight_format.missing_ok
+    return load_into(model, state_dict, path, source, missing_ok=missing_ok, allow_unexpected=True, dropped=result.dropped)

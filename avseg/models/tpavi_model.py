@@ -29,11 +29,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from avseg.errors import ConfigError
 from avseg.losses import avm_loss, segmentation_loss
 from avseg.losses.segmentation import SEGMENTATION_LOSSES
 from avseg.models.decoders import RefineDecoder
-from avseg.models.registry import ModelRecord, register
+from avseg.models.convert import convert_avsbench_state_dict, is_avsbench_state_dict
+from avseg.models.registry import ArgumentError, ModelRecord, WeightFormat, config_keys, register
 from avseg.models.tpavi import TPAVI
 
 NECK_DILATIONS = (3, 6, 12, 18)
@@ -58,16 +58,19 @@ class DilatedConvSum(nn.Module):
 
 
 def check_fusion_settings(tpavi_stages: Sequence[int], fusion: bool, seg_loss: str, avm_weight: float) -> List[int]:
-    """Validate the fusion/loss settings (cheaply, before anything is built); returns the sorted stages."""
+    """Validate the fusion/loss settings (cheaply, before anything is built); returns the sorted stages.
+
+    Raises :class:`~avseg.models.registry.ArgumentError` naming the bad argument.
+    """
     stages = sorted(set(int(s) for s in tpavi_stages)) if fusion else []
     if any(s not in range(4) for s in stages):
-        raise ConfigError(f"key 'model.tpavi_stages': stages must be in 0..3, got {list(tpavi_stages)}")
+        raise ArgumentError("tpavi_stages", f"stages must be in 0..3, got {list(tpavi_stages)}")
     if fusion and not stages:
-        raise ConfigError("key 'model.tpavi_stages': fusion is on but no stage is listed (use model.fusion=false)")
+        raise ArgumentError("tpavi_stages", "fusion is on but no stage is listed (use fusion=False)")
     if seg_loss not in SEGMENTATION_LOSSES:
-        raise ConfigError(f"key 'model.seg_loss': unknown loss '{seg_loss}' (expected one of {sorted(SEGMENTATION_LOSSES)})")
+        raise ArgumentError("seg_loss", f"unknown loss '{seg_loss}' (expected one of {sorted(SEGMENTATION_LOSSES)})")
     if avm_weight and not fusion:
-        raise ConfigError("key 'model.avm_weight': the AV-map loss needs fusion (model.fusion=true)")
+        raise ArgumentError("avm_weight", "the AV-map loss needs fusion (fusion=True)")
     return stages
 
 
@@ -100,7 +103,7 @@ class AVSBenchModel(nn.Module):
         super().__init__()
         stages = check_fusion_settings(tpavi_stages, fusion, seg_loss, avm_weight)
         if fusion and audio_encoder is None:
-            raise ConfigError("the AVSBench model with fusion needs an audio encoder")
+            raise ArgumentError("audio_encoder", "the AVSBench model with fusion needs an audio encoder")
         self.fusion = fusion
         self.tpavi_stages = stages
         self.seg_loss = seg_loss
@@ -159,29 +162,38 @@ class AVSBenchModel(nn.Module):
         return outputs
 
 
+#: Constructor argument -> the config key it comes from (for error messages).
+_CONFIG_KEYS = {name: f"model.{name}" for name in ("tpavi_stages", "seg_loss", "avm_weight", "neck_channels")}
+
+
 def build_avsbench_model(cfg) -> AVSBenchModel:
     """The ``tpavi`` model from a full config (``cfg.model``: backbone, audio, fusion, tpavi_stages, ...)."""
-    from avseg.audio.vggish import AUDIO_ENCODERS, build_audio_encoder
-    from avseg.models.backbones import BACKBONES, build_backbone
+    from avseg.audio.vggish import build_audio_encoder
+    from avseg.models.backbones import build_backbone
 
     model_cfg = cfg.model
-    check_fusion_settings(model_cfg.tpavi_stages, model_cfg.fusion, model_cfg.seg_loss, model_cfg.avm_weight)
-    if model_cfg.backbone.name not in BACKBONES:
-        raise ConfigError(f"key 'model.backbone.name': unknown backbone '{model_cfg.backbone.name}' (expected one of {sorted(BACKBONES)})")
-    if model_cfg.fusion and model_cfg.audio.name not in AUDIO_ENCODERS:
-        raise ConfigError(f"key 'model.audio.name': unknown audio encoder '{model_cfg.audio.name}' (expected one of {AUDIO_ENCODERS})")
-    backbone = build_backbone(model_cfg.backbone)
-    audio_encoder = build_audio_encoder(model_cfg.audio) if model_cfg.fusion else None
-    return AVSBenchModel(
-        backbone,
-        audio_encoder,
-        neck_channels=model_cfg.neck_channels,
-        tpavi_stages=model_cfg.tpavi_stages,
-        fusion=model_cfg.fusion,
-        seg_loss=model_cfg.seg_loss,
-        avm_weight=model_cfg.avm_weight,
-    )
+    with config_keys(_CONFIG_KEYS):
+        check_fusion_settings(model_cfg.tpavi_stages, model_cfg.fusion, model_cfg.seg_loss, model_cfg.avm_weight)
+        backbone = build_backbone(model_cfg.backbone)
+        audio_encoder = build_audio_encoder(model_cfg.audio) if model_cfg.fusion else None
+        return AVSBenchModel(
+            backbone,
+            audio_encoder,
+            neck_channels=model_cfg.neck_channels,
+            tpavi_stages=model_cfg.tpavi_stages,
+            fusion=model_cfg.fusion,
+            seg_loss=model_cfg.seg_loss,
+            avm_weight=model_cfg.avm_weight,
+        )
 
 
-register(ModelRecord("tpavi", build_avsbench_model, AVSBenchModel.batch_keys, "avs",
-                     description="AVSBench TPAVI baseline (Zhou et al., ECCV 2022)"))
+register(ModelRecord(
+    "tpavi", build_avsbench_model, AVSBenchModel.batch_keys, "avs",
+    formats={"avsbench": WeightFormat(
+        is_avsbench_state_dict, convert_avsbench_state_dict, missing_ok=("audio_encoder.",),
+        description="official AVSBench Pred_endecoder state dict: resnet.*/encoder_backbone.* with output_conv.*/path1.*",
+    )},
+    tiny_overrides=("model.backbone.name=resnet18", "model.audio.name=small", "model.audio.freeze=false",
+                    "model.neck_channels=16", "data.image_size=64"),
+    description="AVSBench TPAVI baseline (Zhou et al., ECCV 2022)",
+))

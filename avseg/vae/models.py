@@ -310,26 +310,52 @@ class FacesVAE(ImageAutoencoder):
         super().__init__(encoder, decoder, (in_channels, image_size, image_size), loss)
 
 
-VAE_MODELS = ("conv_ae", "fashion_vae", "faces_vae")
-
-
-def build_vae_model(cfg) -> ImageAutoencoder:
-    """The model named by ``cfg.model.name`` with ``cfg.model.vae`` settings and the dataset's image shape."""
+def _loss_and_shape(cfg) -> Tuple[LossSettings, Tuple[int, int, int]]:
+    """The loss settings of ``cfg.model.vae`` and the dataset's ``(C, H, W)``."""
     from avseg.vae.data import image_shape
 
-    name = cfg.model.name
-    if name not in VAE_MODELS:
-        raise ConfigError(f"key 'model.name': '{name}' is not a VAE model {VAE_MODELS}")
     settings = cfg.model.vae
     if settings.latent_dim < 1:
         raise ConfigError(f"key 'model.vae.latent_dim': must be >= 1, got {settings.latent_dim}")
     loss = LossSettings(settings.loss, settings.recon, settings.beta, settings.kl_weight, settings.gaussian_variance)
-    channels, size, _ = image_shape(cfg)
-    if name == "faces_vae":
-        return FacesVAE(channels, size, settings.latent_dim, settings.num_features, settings.num_blocks, settings.negative_slope, loss)
-    model_class = ConvAutoencoder if name == "conv_ae" else FashionVAE
-    return model_class(channels, size, settings.latent_dim, FASHION_CHANNELS, loss)
+    return loss, image_shape(cfg)
 
 
-for _name in VAE_MODELS:
-    register(ModelRecord(_name, build_vae_model, ImageAutoencoder.batch_keys, "image"))
+def build_conv_autoencoder(cfg) -> ConvAutoencoder:
+    """:class:`ConvAutoencoder` from ``cfg.model.vae`` and the dataset's image shape."""
+    loss, (channels, size, _) = _loss_and_shape(cfg)
+    return ConvAutoencoder(channels, size, cfg.model.vae.latent_dim, FASHION_CHANNELS, loss)
+
+
+def build_fashion_vae(cfg) -> FashionVAE:
+    """:class:`FashionVAE` from ``cfg.model.vae`` and the dataset's image shape."""
+    loss, (channels, size, _) = _loss_and_shape(cfg)
+    return FashionVAE(channels, size, cfg.model.vae.latent_dim, FASHION_CHANNELS, loss)
+
+
+def build_faces_vae(cfg) -> FacesVAE:
+    """:class:`FacesVAE` from ``cfg.model.vae`` (latent size, filters, blocks, slope) and the image shape."""
+    loss, (channels, size, _) = _loss_and_shape(cfg)
+    settings = cfg.model.vae
+    return FacesVAE(channels, size, settings.latent_dim, settings.num_features, settings.num_blocks, settings.negative_slope, loss)
+
+
+def build_vae_model(cfg) -> ImageAutoencoder:
+    """The image model named by ``cfg.model.name`` (any record of task ``image``), built by its record."""
+    from avseg.models import registry
+
+    record = registry.get(cfg.model.name)
+    if record.task != "image":
+        raise ConfigError(f"key 'model.name': '{record.name}' is not an image model {registry.names('image')}")
+    return record.from_config(cfg)
+
+
+_TINY_DIGITS = ("data.name=digits",)
+register(ModelRecord("conv_ae", build_conv_autoencoder, ImageAutoencoder.batch_keys, "image", tiny_overrides=_TINY_DIGITS,
+                     description="the book's convolutional autoencoder (Generative Deep Learning, ch. 3)"))
+register(ModelRecord("fashion_vae", build_fashion_vae, ImageAutoencoder.batch_keys, "image", tiny_overrides=_TINY_DIGITS,
+                     description="the book's Fashion-MNIST VAE"))
+register(ModelRecord("faces_vae", build_faces_vae, ImageAutoencoder.batch_keys, "image",
+                     tiny_overrides=("data.name=lfw", "data.vae.image_size=32", "model.vae.latent_dim=8",
+                                     "model.vae.num_features=8", "model.vae.num_blocks=3"),
+                     description="the book-era CelebA VAE"))
