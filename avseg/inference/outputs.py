@@ -48,24 +48,17 @@ def check_outputs_not_inputs(
             raise MediaError(f"{option} {given} and {written[path]} name the same output path; give each its own")
         written[path] = option
 
-    for option, given in files.items():
+    outputs = [(option, given, True) for option, given in files.items()] + [(option, given, False) for option, given in folders.items()]
+    for option, given, is_file in outputs:
         if given is None:
             continue
         path = Path(os.path.realpath(given))
         for source, source_path in read.items():
             if path == source_path:
                 raise MediaError(f"{option} {given} is the input {source} {inputs[source]}; write the output elsewhere")
-        for source, folder in read_folders.items():
+        for source, folder in read_folders.items() if is_file else ():
             if path.parent == folder:
                 raise MediaError(f"{option} {given} lies in the input folder {source} {inputs[source]}; write the output elsewhere")
-        claim(option, path, given)
-    for option, given in folders.items():
-        if given is None:
-            continue
-        path = Path(os.path.realpath(given))
-        for source, source_path in read.items():
-            if path == source_path:
-                raise MediaError(f"{option} {given} is the input {source} {inputs[source]}; write the output elsewhere")
         claim(option, path, given)
 
 
