@@ -204,7 +204,8 @@ class AudioEncoderConfig:
 
 @dataclass
 class EcmvaeConfig:
-    """ECMVAE latent path and loss weights (defaults as released; see docs/ecmvae.md)."""
+    """ECMVAE latent path and loss weights (see docs/ecmvae.md). ``kl_form`` defaults to ``analytic``; the paper
+    configs set the released form through ``configs/_base_/released_maths.yaml``."""
 
     latent_dim: int = bounded(16, 1)
     mi_dim: int = bounded(6, 1)

@@ -11,6 +11,7 @@ from typing import Callable, Dict, Sequence
 
 from torch.utils.data import Dataset
 
+from avseg.config import AVS_DATASETS
 from avseg.data.avsbench_dataset import AVSBenchDataset, ClipRecord, read_semantic_index, read_v1_index
 from avseg.data.safe_pickle import load_tensor_pickle
 from avseg.data.transforms import ClipAugment, build_clip_transform
@@ -21,7 +22,6 @@ DatasetBuilder = Callable[..., Dataset]
 """``builder(cfg, split: str, train: bool) -> Dataset``; ``train`` turns on the configured augmentation."""
 
 DATASETS: Dict[str, DatasetBuilder] = {}
-AVS_DATASETS = ("avsbench",)
 
 
 def register_dataset(names: Sequence[str], builder: DatasetBuilder) -> None:

@@ -8,12 +8,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from avseg.config import AMP_MODES, LR_SCHEDULES, OPTIMIZERS  # noqa: F401  the schema owns the choices
 from avseg.engine.run_setup import get_logger
 from avseg.errors import ConfigError
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("none", "step", "cosine")
-AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 def check_choice(value: str, choices: tuple, key: str) -> str:

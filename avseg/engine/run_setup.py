@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from avseg.config import save_config
+from avseg.config import CPU_ALLOCATOR_MODES, save_config
 from avseg.errors import ConfigError
 
 LOGGER_NAME = "avseg"
@@ -100,7 +100,6 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
-CPU_ALLOCATOR_MODES = ("auto", "tuned", "system")
 # The glibc malloc parameters "tuned" sets (see tune_cpu_allocator), with their mallopt numbers. Another
 # program gets the same settings from the environment variables MALLOC_<NAME>_ (e.g. MALLOC_TOP_PAD_).
 TUNED_MALLOC = {"MMAP_THRESHOLD": 32 << 20, "TRIM_THRESHOLD": 128 << 20, "TOP_PAD": 16 << 20}
