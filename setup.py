@@ -53,6 +53,7 @@ setup(
             "avseg-demo=avseg.cli.demo:entry",
             "avseg-web=avseg.cli.web:entry",
             "avseg-export=avseg.cli.export:entry",
+            "avseg-stream=avseg.cli.stream:entry",
         ]
     },
 )

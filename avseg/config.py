@@ -40,7 +40,9 @@ CONFIG_DIR = _PACKAGED_CONFIGS if _PACKAGED_CONFIGS.is_dir() else REPO_ROOT / "c
 # ----------------------------------------------------------------------------- allowed values
 AVS_DATASETS = ("avsbench",)
 VAE_DATASETS = ("fashion_mnist", "celeba", "digits", "lfw")
-TASKS = ("s4", "ms3", "v1s", "v1m", "v2")  # the v1 layout has s4 and ms3, the semantic layout all five
+TASKS = ("s4", "ms3", "v1s", "v1m", "v2", "avss")  # v1 layout: s4, ms3; semantic layout: all (avss: 71 classes)
+AVSS_SUBSETS = ("v1s", "v1m", "v2")  # data.subsets of the avss task
+FLIP_MODES = ("clip", "released")  # data.flip: one draw per clip | the MMVAE-AVS loaders' per-frame flips
 LAYOUTS = ("v1", "semantic")
 AUDIO_SOURCES = ("auto", "pkl", "wav")
 RESAMPLERS = ("soxr", "resampy")
@@ -57,7 +59,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("none", "step", "cosine")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 CPU_ALLOCATOR_MODES = ("auto", "tuned", "system")
-EVAL_AUDIO_MODES = ("normal", "shuffle", "silent")
+EVAL_AUDIO_MODES = ("normal", "shuffle", "silent", "noise", "offscreen")
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,10 @@ class DataConfig:
 
     ``layout`` v1|semantic; ``audio_source`` pkl|wav|auto; ``resampler`` soxr|resampy; ``feature_cache``
     folder for log-mels computed from wavs (null: ``~/.cache/avseg/log_mel``, ``off``: none);
-    ``hflip_prob``/``scale_crop``: clip-consistent training augmentation (off at evaluation).
+    ``hflip_prob``/``scale_crop``: training augmentation (off at evaluation); ``flip`` clip (one flip draw
+    per clip, default) | released (the MMVAE-AVS loaders: each annotated frame flipped on its own draw, so
+    S4 flips only frame 1, MS3 every frame independently). ``task`` avss (semantic layout): 71-class labels
+    of the ``subsets`` (comma-separated v1s, v1m, v2), every clip padded to 10 frames as released.
     ``resize_masks`` (v1 layout): resize a mask whose size differs from its frame instead of refusing it.
     ``image_size`` >= 32, the backbones' output stride.
     """
@@ -163,12 +168,14 @@ class DataConfig:
     name: str = one_of("avsbench", AVS_DATASETS + VAE_DATASETS)
     root: str = "datasets/avsbench"
     task: str = one_of("s4", TASKS)
+    subsets: str = one_of("v1s,v1m,v2", AVSS_SUBSETS, separator=",")
     layout: str = one_of("v1", LAYOUTS)
     image_size: int = bounded(224, 32)
     audio_source: str = one_of("auto", AUDIO_SOURCES)
     resampler: str = one_of("soxr", RESAMPLERS)
     feature_cache: Optional[str] = None
     hflip_prob: float = bounded(0.0, 0.0, 1.0)
+    flip: str = one_of("clip", FLIP_MODES)
     scale_crop: float = bounded(0.0, 0.0)
     resize_masks: bool = False
     train_split: str = "train"
@@ -254,8 +261,13 @@ class ModelConfig:
     """Model family (``tpavi`` | ``ecmvae`` | VAE names) and its parts (see docs/models.md).
 
     ``fusion: false`` is the visual-only ablation (no audio, no TPAVI). ``tpavi_stages`` lists the
-    fused levels (0 = stride 4). ``seg_loss``: bce | structure. ``avm_weight`` weights the AV-map loss
-    (0.5 in the MS3 configs, 0 = off).
+    fused levels (0 = stride 4). ``seg_loss``: bce | structure, the loss of binary models (``num_classes``
+    1); models with more classes train with the official AVSS masked per-frame cross-entropy.
+    ``avm_weight`` weights the AV-map loss (0.5 in the MS3 and AVSS configs, 0 = off). ``num_classes``:
+    1 = binary masks (S4/MS3), 71 = AVSS.
+    ``tpavi_group_size``: TPAVI attends within consecutive groups of that many frames (5 in official AVSS:
+    a 10-frame clip is two independent groups); null = the whole clip. ``audio_align_bias``: the tpavi
+    model's audio alignment Linear has a bias (S4/MS3) or not (AVSS).
     """
 
     name: str = "tpavi"
@@ -266,6 +278,9 @@ class ModelConfig:
     neck_channels: int = bounded(256, 1)
     seg_loss: str = one_of("bce", SEGMENTATION_LOSSES)
     avm_weight: float = bounded(0.0, 0.0)
+    num_classes: int = bounded(1, 1, 1024)
+    tpavi_group_size: Optional[int] = bounded(None, 1)
+    audio_align_bias: bool = True
     ecmvae: EcmvaeConfig = field(default_factory=EcmvaeConfig)
     vae: VaeModelConfig = field(default_factory=VaeModelConfig)
 
@@ -282,7 +297,11 @@ class TrainConfig:
     ``cpu_allocator``: auto | tuned | system (glibc malloc keeps freed memory; see ``tune_cpu_allocator``).
     ``val_every`` epochs (0: never); ``max_steps_per_epoch`` > 0 caps an epoch for quick runs.
     ``init_from``: an avseg checkpoint loaded non-strictly before training (e.g. MS3 from S4).
-    ``find_unused_parameters`` and ``sync_bn`` only matter under DDP.
+    ``find_unused_parameters`` and ``sync_bn`` only matter under DDP; ``sync_bn`` makes BatchNorm use the
+    statistics of the global batch where the backend supports it (CUDA with NCCL; on gloo/CPU it logs a
+    warning and BatchNorm stays per process). ``negative_audio_fraction`` p in [0, 1):
+    negative-audio copies of training clips (silence, noise, off-screen sound; empty masks) make up p of
+    the training items (``avseg.data.negative_audio``; the segmentation loss must have gradient on empty masks).
     """
 
     epochs: int = bounded(15, 1)
@@ -305,6 +324,7 @@ class TrainConfig:
     init_from: Optional[str] = None
     find_unused_parameters: bool = False
     sync_bn: bool = False
+    negative_audio_fraction: float = bounded(0.0, 0.0, 1.0, high_inclusive=False)
     tensorboard: bool = True
     progress: bool = True
 
@@ -315,8 +335,9 @@ class EvalConfig:
 
     ``batch_size`` is in clips: the official metrics take the F maximum per batch of 4 clips, so it fixes
     how the official numbers group the frames. ``audio``: normal | shuffle (each clip gets another clip's
-    log-mel, a derangement drawn from ``shuffle_seed``) | silent (the log-mel of silence); tools/eval.py
-    also takes a comma-separated list. ``num_vis`` clips go into the qualitative grid PNG.
+    log-mel, a derangement) | silent (the log-mel of silence) | noise (white noise at −20 dBFS through
+    the same front end) | offscreen (the sound of a clip of another category group); tools/eval.py also
+    takes a comma-separated list. ``shuffle_seed`` seeds every counterfactual. ``num_vis`` clips go into the qualitative grid PNG.
     """
 
     split: str = "test"

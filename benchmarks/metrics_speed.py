@@ -5,14 +5,16 @@
   official test script runs.
 * AVSS (71 classes): ``official_avss_sums`` transcribes ``calc_color_miou_fscore`` /
   ``_batch_miou_fscore`` (softmax, arg-max + 1, three ``torch.histc`` per frame, float32), against
-  :class:`avseg.evaluation.semantic_metrics.AVSSMetric` ``update``.
+  :class:`avseg.evaluation.semantic_metrics.AVSSMetric` ``update``; a last line gives the time of one
+  read of the logits (``torch.sum``), the memory-bandwidth floor of any exact arg-max.
 
 Both sides are timed on the same random batches, interleaved; the table shows the best time per batch
 (the least disturbed by other processes on a shared machine), the median, the speed-up of the best
-times and the largest difference between the two results (AVSS: the batch's mIoU and F over all 71
+times, the same for the process CPU time (all threads; less sensitive to time-slicing on a loaded
+machine, though memory stalls still count) and the largest difference between the two results (AVSS: the batch's mIoU and F over all 71
 classes, as ``test.py`` would report for a one-batch test set).
 
-    .venv/bin/python benchmarks/metrics_speed.py [--frames 20] [--size 224] [--repeats 5] [--threads 2]
+    .venv/bin/python benchmarks/metrics_speed.py [--frames 20] [--size 224] [--repeats 5] [--threads 2] [--metrics avss]
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from avseg.evaluation import avsbench_fscore, avsbench_miou
 from avseg.evaluation.semantic_metrics import AVSSMetric
 
 AVSS_CLASSES = 71
+ROW_NAMES = {"fscore": "F-score", "miou": "mIoU", "avss": "AVSS mIoU + F (71 classes)"}
 
 
 def loop_fscore(logits: torch.Tensor, masks: torch.Tensor, num_thresholds: int = 255) -> float:
@@ -108,11 +111,12 @@ def avseg_avss_scores(logits: torch.Tensor, labels: torch.Tensor):
 
 
 def _timed(fn, *args, repeats: int):
+    """``([(wall s, process CPU s)] per call, last result)``."""
     times, result = [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = fn(*args)
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - start, time.process_time() - cpu_start))
     return times, result
 
 
@@ -122,22 +126,32 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5, help="batches (each timed once per implementation)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--metrics", default="fscore,miou,avss", help="comma-separated subset of fscore, miou, avss")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    chosen = set(args.metrics.split(","))
+    if not chosen or not chosen <= set(ROW_NAMES):
+        parser.error(f"--metrics: expected a comma-separated subset of {', '.join(ROW_NAMES)}, got '{args.metrics}'")
 
     generator = torch.Generator().manual_seed(0)
-    rows = {"F-score": [[], [], 0.0], "mIoU": [[], [], 0.0], "AVSS mIoU + F (71 classes)": [[], [], 0.0]}
+    rows = {ROW_NAMES[key]: [[], [], 0.0] for key in ROW_NAMES if key in chosen}
+    read_once = []  # torch.sum of the AVSS logits: one read of the 71-class batch, the floor of any arg-max
     for repeat in range(args.repeats):
         logits = torch.randn(args.frames, args.size, args.size, generator=generator) * 4
         masks = (torch.rand(args.frames, args.size, args.size, generator=generator) < 0.3).float()
         masks[0] = 0  # one empty ground truth per batch exercises the skip / background rules
-        for name, loop_fn, fast_fn in (("F-score", loop_fscore, avsbench_fscore), ("mIoU", loop_miou, avsbench_miou)):
+        for key, loop_fn, fast_fn in (("fscore", loop_fscore, avsbench_fscore), ("miou", loop_miou, avsbench_miou)):
+            if key not in chosen:
+                continue
+            name = ROW_NAMES[key]
             fast_fn(logits, masks)  # warm-up
             loop_times, loop_value = _timed(loop_fn, logits, masks, repeats=1)
             fast_times, fast_value = _timed(fast_fn, logits, masks, repeats=10)
             rows[name][0] += loop_times
             rows[name][1] += fast_times
             rows[name][2] = max(rows[name][2], abs(loop_value - fast_value))
+        if "avss" not in chosen:
+            continue
         class_logits = torch.randn(args.frames, AVSS_CLASSES, args.size, args.size, generator=generator)
         blocks = torch.randint(0, 8, (args.frames, 1, args.size // 16, args.size // 16), generator=generator)
         labels = torch.nn.functional.interpolate(blocks.float(), size=(args.size, args.size)).long()[:, 0]  # 8 classes
@@ -145,20 +159,27 @@ def main() -> None:
         avseg_avss_scores(class_logits, labels)  # warm-up
         official_times, official_values = _timed(official_avss_scores, class_logits, labels, repeats=1)
         fast_times, fast_values = _timed(avseg_avss_scores, class_logits, labels, repeats=3)
-        row = rows["AVSS mIoU + F (71 classes)"]
+        row = rows[ROW_NAMES["avss"]]
         row[0] += official_times
         row[1] += fast_times
         row[2] = max(row[2], *(abs(a - b) for a, b in zip(official_values, fast_values)))
+        read_once += [wall for wall, _ in _timed(torch.sum, class_logits, repeats=3)[0]]
 
     print(f"batch: {args.frames} frames at {args.size}x{args.size}, torch threads {args.threads}, {args.repeats} batches")
-    print("| metric | official-style best (median), s/batch | avseg best (median), ms/batch | speed-up (best) | max abs diff |")
-    print("|---|---|---|---|---|")
+    print("| metric | official-style best (median), s/batch | avseg best (median), ms/batch | speed-up (best) | "
+          "CPU time best: official s / avseg ms | speed-up (CPU time) | max abs diff |")
+    print("|---|---|---|---|---|---|---|")
     for name, (loop_times, fast_times, diff) in rows.items():
-        loop_best, fast_best = min(loop_times), min(fast_times)
+        (loop_walls, loop_cpus), (fast_walls, fast_cpus) = zip(*loop_times), zip(*fast_times)
+        loop_best, fast_best, loop_cpu, fast_cpu = min(loop_walls), min(fast_walls), min(loop_cpus), min(fast_cpus)
         print(
-            f"| {name} | {loop_best:.3f} ({statistics.median(loop_times):.3f}) | "
-            f"{fast_best * 1e3:.1f} ({statistics.median(fast_times) * 1e3:.1f}) | {loop_best / fast_best:.0f}x | {diff:.1e} |"
+            f"| {name} | {loop_best:.3f} ({statistics.median(loop_walls):.3f}) | "
+            f"{fast_best * 1e3:.1f} ({statistics.median(fast_walls) * 1e3:.1f}) | {loop_best / fast_best:.0f}x | "
+            f"{loop_cpu:.3f} / {fast_cpu * 1e3:.1f} | {loop_cpu / max(fast_cpu, 1e-9):.0f}x | {diff:.1e} |"
         )
+    if read_once:
+        print(f"\nAVSS floor: one read of the {args.frames}x{AVSS_CLASSES}x{args.size}x{args.size} float32 logits "
+              f"(torch.sum) takes {min(read_once) * 1e3:.1f} ms (best)")
 
 
 if __name__ == "__main__":

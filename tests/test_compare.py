@@ -132,3 +132,23 @@ def test_user_errors_are_clear(compared, tmp_path):
         C.compare([CONFIGS[0], CONFIGS[0]], str(tmp_path), tiny_overrides(root))
     with pytest.raises(ConfigError, match="--audio"):
         C.compare(CONFIGS, str(tmp_path), tiny_overrides(root), audio="normal,loud")
+
+
+def test_negative_audio_modes_add_fpr_and_pn_hmean(compared):
+    out, root = compared
+    rows = C.compare(CONFIGS, str(out), tiny_overrides(root), audio="silent,noise,offscreen", fps_batches=0, threads=1)
+    table = (out / C.RESULTS_MD).read_text(encoding="utf-8")
+    header = next(line for line in table.splitlines() if line.startswith("| config |"))
+    assert "| FPR silent |" in header and "| FPR offscreen |" in header and "| pn_hmean |" in header
+    for row, csv_row in zip(rows, read_csv(out / C.RESULTS_CSV)):
+        report = json.loads((out / row.name / "eval_test" / "metrics.json").read_text())
+        fprs = [report["results"][mode]["metrics"]["fpr"] for mode in ("silent", "noise", "offscreen")]
+        for mode, fpr in zip(("silent", "noise", "offscreen"), fprs):
+            assert float(csv_row[f"fpr_{mode}"]) == fpr == row.metrics[mode]["fpr"]
+        miou, specificity = row.metrics["normal"]["miou"], 1 - sum(fprs) / 3
+        expected = 2 * miou * specificity / (miou + specificity) if miou > 0 else 0.0
+        assert float(csv_row["pn_hmean"]) == pytest.approx(expected) and report["robust"]["pn_hmean"] == row.robust["pn_hmean"]
+        line = next(text for text in table.splitlines() if text.startswith(f"| `{row.name}` |"))
+        assert f"| {float(csv_row['pn_hmean']):.4f} |" in line
+    visual = rows[0]  # s4_visual_only ignores the sound: the same pixels are predicted under every sound
+    assert visual.name == "s4_visual_only" and len({visual.metrics[mode]["fpr"] for mode in ("silent", "noise", "offscreen")}) == 1

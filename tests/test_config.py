@@ -198,7 +198,8 @@ def test_schema_choices_match_what_the_code_implements():
     from avseg.audio.io import RESAMPLERS
     from avseg.audio.vggish import AUDIO_ENCODERS
     from avseg.data import AVS_DATASETS
-    from avseg.data.avsbench_dataset import AUDIO_SOURCES, LAYOUTS, SEMANTIC_SETS
+    from avseg.data.avsbench_dataset import AUDIO_SOURCES, AVSS_SUBSETS, DATASET_TASKS, LAYOUTS
+    from avseg.data.transforms import FLIP_MODES
     from avseg.engine.run_setup import CPU_ALLOCATOR_MODES
     from avseg.engine.trainer import AMP_MODES, LR_SCHEDULES, OPTIMIZERS
     from avseg.evaluation import AUDIO_MODES
@@ -209,7 +210,8 @@ def test_schema_choices_match_what_the_code_implements():
     from avseg.vae.losses import LOSS_CONVENTIONS, RECONSTRUCTIONS
 
     implemented = {
-        "data.name": AVS_DATASETS + VAE_DATASETS, "data.task": SEMANTIC_SETS, "data.layout": LAYOUTS,
+        "data.name": AVS_DATASETS + VAE_DATASETS, "data.task": DATASET_TASKS, "data.layout": LAYOUTS,
+        "data.subsets": AVSS_SUBSETS, "data.flip": FLIP_MODES,
         "data.audio_source": AUDIO_SOURCES, "data.resampler": RESAMPLERS, "data.vae.binarize": BINARIZE_MODES,
         "model.backbone.name": BACKBONES, "model.audio.name": AUDIO_ENCODERS, "model.seg_loss": SEGMENTATION_LOSSES,
         "model.ecmvae.shared_divergence": SHARED_DIVERGENCES, "model.ecmvae.kl_form": KL_FORMS,

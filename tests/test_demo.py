@@ -1,5 +1,6 @@
 """The demo command line: overlay mp4 with the original sound, mask PNGs, RLE, strip, bad input."""
 import json
+import os
 
 import av
 import numpy as np
@@ -172,3 +173,85 @@ def test_an_image_model_checkpoint_is_refused_with_its_kind(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'fashion_vae' is an image autoencoder/VAE" in err and "Traceback" not in err
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_missing_checkpoint_exits_2_naming_it(tmp_path, capsys):
+    video = write_video(tmp_path / "in.mp4", 1.0, fps=4)
+    missing = tmp_path / "runs" / "best.pth"
+    assert exit_status(["--ckpt", str(missing), "--video", str(video), "--out", str(tmp_path / "o.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "Traceback" not in err
+    names = tmp_path / "label2idx.json"
+    assert exit_status(["--ckpt", str(missing), "--video", str(video), "--legend", str(tmp_path / "l.png"),
+                        "--class-names", str(names)]) == 2
+    assert f"cannot read the class list {names}" in capsys.readouterr().err  # checked before the checkpoint is loaded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+@pytest.mark.parametrize("blocked", ["file", pytest.param("read-only", marks=pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes into read-only folders; the probe is exercised by the 'file' case"))])
+def test_unwritable_output_folder_exits_2_before_decoding(tmp_path, tiny_checkpoint, capsys, blocked):
+    video = write_video(tmp_path / "in.mp4", 1.0, fps=4)
+    if blocked == "file":
+        (tmp_path / "taken").write_text("a file where the output folder should be")
+    else:
+        (tmp_path / "taken").mkdir(mode=0o555)
+    for option, path in [("--out", "o.mp4"), ("--save-masks", "masks"), ("--rle", "m.json"), ("--strip", "s.png")]:
+        argv = ["--ckpt", str(tiny_checkpoint), "--video", str(video), option, str(tmp_path / "taken" / path)]
+        assert exit_status(argv) == 2
+        err = capsys.readouterr().err
+        assert option in err and str(tmp_path / "taken") in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "taken"]
+
+
+def test_a_failed_write_leaves_no_half_written_output(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    import errno
+
+    from avseg.inference import overlay
+
+    video = write_video(tmp_path / "in.mp4", 2.0, fps=4)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (masks / "keep.txt").write_text("the user's file")
+    real_save = overlay.save_png
+    calls = []
+
+    def disk_full_on_the_third_png(path, image):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(path, image)
+
+    monkeypatch.setattr(overlay, "save_png", disk_full_on_the_third_png)
+    out, rle = tmp_path / "o.mp4", tmp_path / "m.json"
+    argv = ["--ckpt", str(tiny_checkpoint), "--video", str(video), "--out", str(out), "--save-masks", str(masks),
+            "--rle", str(rle), "--quiet"]
+    assert exit_status(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{masks / '000002.png'}: writing the output failed (No space left on device)" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "masks"]  # no mp4, no JSON, no temporary files
+    assert sorted(p.name for p in masks.iterdir()) == ["keep.txt"]  # no PNG of the failed run; the user's file kept
+    monkeypatch.setattr(overlay, "save_png", real_save)
+    assert exit_status(argv) == 0
+    assert len(list(masks.glob("*.png"))) == 8 and (masks / "keep.txt").is_file() and out.is_file() and rle.is_file()
+
+
+def _unwritable_system_folder():
+    """A folder that even root cannot write in (sysfs), or None on systems without one."""
+    import tempfile
+
+    folder = "/sys/kernel"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError:
+        return folder if os.path.isdir(folder) else None
+
+
+@pytest.mark.skipif(_unwritable_system_folder() is None, reason="no folder here that root cannot write in")
+def test_read_only_file_system_is_refused_before_decoding(tmp_path, tiny_checkpoint, capsys):
+    video = write_video(tmp_path / "in.mp4", 1.0, fps=4)
+    target = os.path.join(_unwritable_system_folder(), "o.mp4")
+    assert exit_status(["--ckpt", str(tiny_checkpoint), "--video", str(video), "--out", target]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {target}: cannot write in the folder {os.path.dirname(target)}" in err and "Traceback" not in err

@@ -56,7 +56,7 @@ def _ddp_worker(rank, world_size, port, out_dir):
     from avseg.models import registry
 
     registry.register(TINY_RECORD)  # a fresh (spawned) process: the test's fixture does not reach here
-    result = train(tiny_config("train.epochs=2", "train.batch_size=3"), out=out_dir, **builders())
+    result = train(tiny_config("train.epochs=2", "train.batch_size=3", "train.sync_bn=true"), out=out_dir, **builders())
     torch.save({"rank": rank, "steps": result.steps}, os.path.join(os.path.dirname(out_dir), f"rank{rank}.pt"))
 
 
@@ -78,6 +78,8 @@ def test_two_process_gloo_run_writes_one_set_of_files(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [row["epoch"] for row in rows] == ["1", "2"]
     assert all(float(row["val_count"]) == 10 for row in rows)  # the evaluator saw every item exactly once
+    # SyncBatchNorm needs CUDA with NCCL: on gloo the run says so and keeps per-process BatchNorm.
+    assert "train.sync_bn is unavailable with the gloo backend on cpu" in (out_dir / "log.txt").read_text()
 
     # Validation under DDP scores what rank 0 saves (weights and BatchNorm statistics): it equals a
     # single-process evaluation of best.pth.

@@ -1,7 +1,8 @@
 """The contract every registered model keeps (timm style): a new model gets these tests by registering.
 
-For each name in ``registry.names()``: a tiny instance (the record's ``tiny_overrides``, no pretrained
-files) runs forward on a tiny batch, gives a finite ``loss``, back-propagates, saves as an avseg
+For each name in ``registry.names()`` (and, for records with ``semantic_batch_keys``, its AVSS variant
+with 71 classes): a tiny instance (the record's ``tiny_overrides``, no pretrained files) runs forward on a
+tiny batch, gives a finite ``loss``, back-propagates, saves as an avseg
 checkpoint and comes back through ``load_model`` with identical eval outputs. For each official weight
 format a record converts: our weights written in that layout (the inverses below) detect as that
 format and load back exactly.
@@ -20,42 +21,59 @@ from avseg.models import build_model, detect_format, load_model, load_weights, r
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def tiny_config(name: str):
-    return load_config(None, [f"model.name={name}", *registry.get(name).tiny_overrides])
+SEMANTIC_OVERRIDES = ("model.num_classes=71",)
+VARIANTS = [(name, False) for name in registry.names()] + [
+    (name, True) for name in registry.names() if registry.get(name).semantic_batch_keys]
+SUPERVISION_KEYS = ("masks", "labels", "mask_valid")
+
+
+def tiny_config(name: str, semantic: bool = False):
+    return load_config(None, [f"model.name={name}", *registry.get(name).tiny_overrides,
+                              *(SEMANTIC_OVERRIDES if semantic else ())])
 
 
 def tiny_batch(cfg, seed: int = 0) -> Dict[str, torch.Tensor]:
-    """Two items of the record's task: AVS clips of two 64 px frames, or images of the dataset's shape."""
+    """Two items of the record's task: AVS clips of two 64 px frames (binary masks, or AVSS labels with the
+    second frame of the first clip padded), or images of the dataset's shape."""
     g = torch.Generator().manual_seed(seed)
     if registry.get(cfg.model.name).task == "image":
         from avseg.vae.data import image_shape
 
         return {"images": torch.rand(2, *image_shape(cfg), generator=g)}
     size = cfg.data.image_size
-    return {
+    batch = {
         "frames": torch.randn(2, 2, 3, size, size, generator=g),
         "log_mel": torch.randn(2, 2, 1, 96, 64, generator=g),
-        "masks": (torch.rand(2, 2, 1, size, size, generator=g) > 0.5).float(),
         "mask_valid": torch.ones(2, 2, dtype=torch.bool),
     }
+    if cfg.model.num_classes == 1:
+        batch["masks"] = (torch.rand(2, 2, 1, size, size, generator=g) > 0.5).float()
+        return batch
+    batch["labels"] = torch.randint(0, cfg.model.num_classes, (2, 2, size, size), generator=g)
+    batch["frame_valid"] = torch.tensor([[True, False], [True, True]])
+    batch["mask_valid"] = batch["frame_valid"].clone()
+    return batch
 
 
 def inference_outputs(model, record, batch) -> Dict[str, torch.Tensor]:
-    inputs = registry.select_inputs(record, batch, [k for k in record.batch_keys if k not in ("masks", "mask_valid")])
+    inputs = registry.select_inputs(record, batch, [k for k in record.batch_keys if k not in SUPERVISION_KEYS])
     torch.manual_seed(1)  # VAEs sample their code in every forward
     with torch.no_grad():
         return model(**inputs)
 
 
-@pytest.mark.parametrize("name", registry.names())
-def test_tiny_model_trains_and_round_trips_through_a_checkpoint(tmp_path, name):
-    record = registry.get(name)
-    cfg = tiny_config(name)
+@pytest.mark.parametrize("name,semantic", VARIANTS, ids=[f"{n}-avss" if s else n for n, s in VARIANTS])
+def test_tiny_model_trains_and_round_trips_through_a_checkpoint(tmp_path, name, semantic):
+    cfg = tiny_config(name, semantic)
+    record = registry.record_for(cfg)
+    assert (record is registry.get(name)) == (not semantic)
     torch.manual_seed(0)
     model = build_model(cfg).train()
     assert registry.record_of(model) is record
     batch = tiny_batch(cfg)
-    outputs = model(**registry.select_inputs(record, batch))
+    inputs = registry.select_inputs(record, batch)
+    assert set(inputs) == set(record.batch_keys)  # what the trainer checks
+    outputs = model(**inputs)
     assert outputs["loss"].dim() == 0 and torch.isfinite(outputs["loss"])
     outputs["loss"].backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -70,6 +88,9 @@ def test_tiny_model_trains_and_round_trips_through_a_checkpoint(tmp_path, name):
     assert set(got) == set(expected)
     for key, value in expected.items():
         assert torch.equal(got[key], value), key
+    if semantic:
+        assert expected["logits"].shape[2] == cfg.model.num_classes
+        assert torch.equal(expected["logits"][0, 1], torch.zeros_like(expected["logits"][0, 1]))  # the padded frame
 
 
 # ----------------------------------------------------------------------------- official layouts
@@ -99,10 +120,11 @@ def test_every_official_format_has_an_inverse_here():
     assert sorted(TO_OFFICIAL) == registry.formats(), "write our-names -> official-names for the new format above"
 
 
-@pytest.mark.parametrize("name,weight_format", FORMATS)
-def test_official_layout_round_trip(tmp_path, name, weight_format):
+@pytest.mark.parametrize("name,weight_format,semantic",
+                         [(n, f, s) for n, f in FORMATS for s in (False, True) if not s or registry.get(n).semantic_batch_keys])
+def test_official_layout_round_trip(tmp_path, name, weight_format, semantic):
     spec = registry.get(name).formats[weight_format]
-    cfg = tiny_config(name)
+    cfg = tiny_config(name, semantic)
     torch.manual_seed(1)
     source = build_model(cfg)
     ours = {k: v for k, v in source.state_dict().items() if not k.startswith(spec.missing_ok)}

@@ -12,9 +12,10 @@ from avseg.cli.check_dataset import main as check_main
 from avseg.cli.prepare_avsbench import main as prepare_main
 from avseg.data import AVSBenchDataset, read_semantic_index, read_v1_index
 from avseg.data.avsbench_dataset import v1_csv_path
-from avseg.data.prepare import frame_indices
+from avseg.data.prepare import extract_frames, frame_indices
 from avseg.data.safe_pickle import load_tensor_pickle
-from avseg.data.synthetic import make_synthetic
+from avseg.data.synthetic import make_synthetic, write_mp4
+from avseg.errors import MediaError
 
 
 def image(path):
@@ -24,6 +25,23 @@ def image(path):
 def test_official_frame_indices():
     assert frame_indices(25.0, 5) == [23, 48, 73, 98, 123]
     assert frame_indices(8.0, 5) == [7, 15, 23, 31, 39]
+    # --official-frame-times: int(round(fps)) first, as preprocess_s4.py / preprocess_ms3.py
+    assert frame_indices(29.97, 5) == [28, 58, 88, 118, 147]
+    assert frame_indices(29.97, 5, official_frame_times=True) == [28, 58, 88, 118, 148]
+    assert frame_indices(12.5, 2, official_frame_times=True) == [11, 23]  # Python round: half to even (12)
+    assert frame_indices(8.0, 5, official_frame_times=True) == frame_indices(8.0, 5)
+
+
+def test_short_video_is_an_error_unless_official_frame_times(tmp_path):
+    """A 4 s video asked for 5 frames: an error by default; the released scripts' last-frame clamp on request."""
+    video = tmp_path / "short.mp4"
+    grey = np.repeat(np.arange(32, dtype=np.uint8)[:, None, None, None] * 7, 32, axis=1).repeat(32, axis=2).repeat(3, axis=3)
+    write_mp4(video, grey, np.zeros(4 * 16000), fps=8)  # frame i has grey level 7 i
+    with pytest.raises(MediaError, match=r"too short: frame indices \[39\].*--official-frame-times"):
+        extract_frames(video, 5, size=None)
+    frames = extract_frames(video, 5, size=None, official_frame_times=True)
+    levels = frames.reshape(5, -1).mean(axis=1) / 7
+    np.testing.assert_allclose(levels, [7, 15, 23, 31, 31], atol=0.5)  # index 39 -> the last decoded frame, 31
 
 
 @pytest.mark.parametrize("task", ["s4", "ms3"])

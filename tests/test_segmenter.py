@@ -232,3 +232,40 @@ def test_a_non_avs_checkpoint_or_config_is_refused(tmp_path):
         Segmenter.from_checkpoint(path, device="cpu")
     with pytest.raises(ConfigError, match="model.name.*segmenting videos needs an AVS model"):
         Segmenter(ProbeModel(), cfg, device="cpu")
+
+
+# ----------------------------------------------------------------------------- semantic models
+class SemanticProbeModel(torch.nn.Module):
+    """Three-class logits: (c - 1) x the red channel of each frame + c x the mean of its log-mel example."""
+
+    def forward(self, frames, log_mel, masks=None, mask_valid=None):
+        scale = torch.arange(3, dtype=frames.dtype)[None, None, :, None, None]
+        return {"logits": (scale - 1) * frames[:, :, :1] + scale * log_mel.mean(dim=(2, 3, 4))[:, :, None, None, None]}
+
+
+def test_semantic_model_gives_class_probabilities_and_class_maps(tmp_path):
+    """num_classes > 1: softmax probabilities [N, C, S, S], class maps [N, H, W] (argmax after resizing), masks =
+    not background; predict_clip and the live stream return class probabilities too."""
+    video = write_video(tmp_path / "v.mp4", 2.0, fps=5, size=(40, 30))
+    seg = Segmenter(SemanticProbeModel(), load_config(None, ["data.image_size=32"]), device="cpu")
+    result = seg.predict_video(video)
+    assert result.num_classes == 3 and result.probabilities.shape == (10, 3, 32, 32)
+    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-6)
+    waveform = seg.open_video(video).waveform
+    log_mel = window_examples(waveform, 0.0, result.clip_seconds)
+    decoded = dict(iter_frames(probe_video(video)))
+    for index in (0, 7):
+        red = normalize_frames(seg.resize(decoded[index])[None])[0, 0]
+        mean = log_mel[result.slots[index]].mean()
+        logits = torch.stack([(c - 1) * red + c * mean for c in range(3)])
+        np.testing.assert_allclose(result.probabilities[index], torch.softmax(logits, 0).numpy(), atol=1e-5)
+        resized = torch.nn.functional.interpolate(torch.softmax(logits, 0)[None], size=(30, 40), mode="bilinear",
+                                                  align_corners=False)[0]
+        np.testing.assert_array_equal(result.class_map(index), resized.argmax(0).numpy())
+    assert result.class_maps.shape == (10, 30, 40) and result.class_maps.dtype == np.uint8
+    np.testing.assert_array_equal(result.masks, result.class_maps != 0)
+    clip = seg.predict_clip(np.stack([decoded[i] for i in (0, 5)]), waveform, SAMPLE_RATE)
+    assert clip.probabilities.shape == (2, 3, 32, 32) and clip.class_map(1).shape == (30, 40)
+    stream = seg.stream()
+    outputs = [stream.push(decoded[i], waveform[max(i - 1, 0) * 3200:i * 3200], SAMPLE_RATE) for i in range(10)]
+    assert outputs[4] is None and outputs[5].shape == (3, 30, 40)

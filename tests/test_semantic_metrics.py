@@ -180,3 +180,18 @@ def test_first_max_classes_matches_argmax_with_ties_and_special_values():
     assert special[2, 0, 0] == 0 and special[2, 0, 1] == 0  # the official softmax turns these pixels into NaN
     small = torch.randn(2, 5, 3, 3, generator=generator)
     assert torch.equal(first_max_classes(small), small.argmax(dim=1))
+
+
+def test_first_max_classes_on_any_layout_class_count_and_dtype():
+    generator = torch.Generator().manual_seed(10)
+    wide = torch.randn(2, 200, 5, 7, generator=generator)  # more classes than a float exponent could pack
+    assert torch.equal(first_max_classes(wide), wide.argmax(dim=1))
+    strided = torch.randn(3, NUM_CLASSES, 9, 11, generator=generator).transpose(2, 3)  # not contiguous
+    assert torch.equal(first_max_classes(strided), strided.argmax(dim=1))
+    channels_last = strided.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(first_max_classes(channels_last), strided.argmax(dim=1))
+    rounded = strided.bfloat16()  # ties appear after rounding: still the first maximum
+    assert torch.equal(first_max_classes(rounded), rounded.float().argmax(dim=1))
+    blank = torch.full((1, NUM_CLASSES, 2, 2), float("-inf"))
+    assert torch.equal(first_max_classes(blank), torch.zeros(1, 2, 2, dtype=torch.long))
+    assert first_max_classes(torch.zeros(0, NUM_CLASSES, 4, 4)).shape == (0, 4, 4)

@@ -174,6 +174,14 @@ def test_run_folder_outputs_and_logs(tmp_path):
     assert "STEP] step 2:" in log_text and "epoch 2/2" in log_text and "ETA" in log_text
 
 
+def test_sync_bn_in_one_process_changes_nothing(tmp_path):
+    plain = train(tiny_config("train.val_every=0"), out=str(tmp_path / "plain"), **builders())
+    synced = train(tiny_config("train.val_every=0", "train.sync_bn=true"), out=str(tmp_path / "synced"), **builders())
+    assert "a single process already normalises over its whole batch" in (tmp_path / "synced" / "log.txt").read_text()
+    for name, value in weights(plain.last_checkpoint).items():
+        assert torch.equal(weights(synced.last_checkpoint)[name], value), name
+
+
 def test_resume_of_finished_run_trains_nothing_more(tmp_path):
     cfg = tiny_config("train.epochs=1", "train.val_every=0")
     first = train(cfg, out=str(tmp_path), **builders())

@@ -5,6 +5,8 @@ Examples::
     python tools/compare.py --cfgs configs/compare/s4_visual_only.yaml configs/compare/s4_tpavi.yaml \\
         --train --out runs/compare/s4
     python tools/compare.py --cfgs A.yaml B.yaml --out runs/compare/x --audio normal,shuffle,silent data.root=/data/x
+    python tools/compare.py --cfgs configs/compare/s4_tpavi.yaml configs/compare/s4_tpavi_negaudio.yaml --train \\
+        --audio normal,silent,noise,offscreen,shuffle --out runs/compare/s4_negaudio --threads 1 --jobs 2
 
 Each config is trained (``--train``; ``--jobs N`` at once) or reused from ``<out>/<cfg.name>/``, evaluated
 with every ``--audio`` mode, and tabulated in ``<out>/results.md``, ``results.csv`` and ``results.png``;
@@ -32,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cfgs", nargs="+", required=True, metavar="CFG", help="config files or short names")
     parser.add_argument("--out", required=True, help="comparison folder: one run folder per config name, plus the tables")
     parser.add_argument("--train", action="store_true", help="train missing runs and resume unfinished ones")
-    parser.add_argument("--audio", default="normal,shuffle", help="audio modes, comma-separated: normal, shuffle, silent")
+    parser.add_argument("--audio", default="normal,shuffle",
+                        help="audio modes, comma-separated: normal, shuffle, silent, noise, offscreen "
+                        "(the last three are negative audio: their false-positive rate and pn_hmean are tabulated)")
     parser.add_argument("--split", help="evaluation split (default: each config's eval.split)")
     parser.add_argument("--fps-batches", type=int, default=4, help="test batches timed for frames/s (0: skip)")
     parser.add_argument("--threads", type=int, help="torch CPU threads for training and evaluation (default: torch's)")

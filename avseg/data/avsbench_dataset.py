@@ -17,14 +17,24 @@ official ``avsbench_data/``)::
     Multi-sources/ms3_data/raw_videos/<name>.mp4
 
 Semantic layout (``root`` holds ``metadata.csv`` with columns ``uid``, ``label`` ∈ {v1s, v1m, v2} and
-``split``)::
+``split``, and ``label2idx.json``)::
 
     <label>/<uid>/frames/<k>.jpg          k = 0..4 (v2: 0..9)
-    <label>/<uid>/labels_rgb/<k>.png      colour-coded classes; foreground = any non-black pixel
+    <label>/<uid>/labels_rgb/<k>.png      every pixel in its class's palette colour (v1s train: only 0.png)
     <label>/<uid>/audio.wav
 
-Items are dicts: ``frames`` [T, 3, H, W] (ImageNet-normalised), ``log_mel`` [T, 1, 96, 64], ``masks``
-[T, 1, H, W] in {0, 1}, ``mask_valid`` [T] bool, ``video_id`` str, ``category`` str.
+Binary tasks (s4, ms3, v1s, v1m, v2 in either layout): items are dicts with ``frames`` [T, 3, H, W]
+(ImageNet-normalised), ``log_mel`` [T, 1, 96, 64], ``masks`` [T, 1, H, W] in {0, 1} (semantic: any
+non-black pixel), ``mask_valid`` [T] bool, ``video_id`` str, ``category`` str.
+
+The AVSS task (``task="avss"``, semantic layout, the released ``avss/color_dataloader.py``): clips of
+the chosen ``subsets`` padded to T = 10 frames; items add ``labels`` [10, H, W] int64 (class of the
+71-colour palette, 0 = background; 0 on padded and unannotated frames), ``frame_valid`` [10] bool (real
+frames: 5 for v1s/v1m, 10 for v2) and ``subset`` str; ``masks`` is ``labels > 0``. Padded frames are zero
+after normalisation and their log-mel examples are zero (the released padding). Train-split frames and
+labels are resized so that the short edge is ``image_size`` and centre-cropped, val/test ones resized to
+``image_size`` (frames bilinear, labels nearest), exactly as released. A label colour outside the
+palette is a :class:`DatasetError` naming the file and the colour (the release maps it to background).
 
 Safety: every CSV value that becomes part of a path (v1 name, split, category; semantic uid) must be one
 plain file name, checked when the index is read, so no row can point outside ``root``. In the v1 layout a
@@ -47,7 +57,9 @@ from torch.utils.data import Dataset
 
 from avseg.audio.io import load_log_mel
 from avseg.audio.vggish_input import pad_examples
+from avseg.config import AVSS_SUBSETS
 from avseg.data.safe_pickle import load_log_mel_pickle
+from avseg.data.semantic_labels import AVSS_NUM_CLASSES, read_class_names, read_label_image
 from avseg.errors import AvsegError, DatasetError
 from avseg.fileio import atomic_torch_save, plain_name_problem
 from avseg.weights import load_weights_only
@@ -59,10 +71,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 LAYOUTS = ("v1", "semantic")
 AUDIO_SOURCES = ("auto", "pkl", "wav")
 V1_TASKS = ("s4", "ms3")
-SEMANTIC_SETS = {"s4": "v1s", "ms3": "v1m", "v1s": "v1s", "v1m": "v1m", "v2": "v2"}
+SEMANTIC_SETS = {"s4": "v1s", "ms3": "v1m", "v1s": "v1s", "v1m": "v1m", "v2": "v2"}  # binary task → its label set
 SEMANTIC_FRAMES = {"v1s": 5, "v1m": 5, "v2": 10}
+AVSS_TASK = "avss"
+AVSS_CLIP_FRAMES = 10  # every AVSS clip is padded to the v2 length
+DATASET_TASKS = tuple(SEMANTIC_SETS) + (AVSS_TASK,)
+AUDIO_PADDINGS = ("repeat", "zeros")
 V1_FRAMES = 5
-FEATURE_CACHE_VERSION = 1
+FEATURE_CACHE_VERSION = 2  # 2: the cache holds all examples of the wav, fitted to T when read
 
 
 @dataclass(frozen=True)
@@ -99,7 +115,8 @@ class ClipRecord:
     """One clip: where its files are and which frames are annotated.
 
     ``masks[k]`` is None for a frame without ground truth (S4/v1s train frames 2..5).
-    ``log_mel`` is None in the semantic layout; ``raw_video`` is where ``prepare_avsbench`` reads.
+    ``log_mel`` is None in the semantic layout; ``raw_video`` is where ``prepare_avsbench`` reads;
+    ``subset`` is the semantic label set (v1s, v1m, v2), ``""`` in the v1 layout.
     """
 
     video_id: str
@@ -111,6 +128,7 @@ class ClipRecord:
     log_mel: Optional[Path]
     raw_video: Optional[Path]
     layout_hint: str
+    subset: str = ""
 
     @property
     def num_frames(self) -> int:
@@ -162,12 +180,23 @@ def semantic_clip_record(root: PathLike, label_set: str, uid: str, split: str, c
     if label_set == "v1s" and split == "train":
         masks = masks[:1] + (None,) * (num_frames - 1)
     raw_video = Path(root) / "raw_videos" / f"{uid}.mp4"
-    return ClipRecord(uid, split, category, frames, masks, clip_dir / "audio.wav", None, raw_video, f"semantic layout: {SEMANTIC_PATTERN}")
+    return ClipRecord(uid, split, category, frames, masks, clip_dir / "audio.wav", None, raw_video,
+                      f"semantic layout: {SEMANTIC_PATTERN}", label_set)
+
+
+def clip_frames(layout: str, task: str) -> int:
+    """Frames per clip T that a dataset of ``task`` in ``layout`` yields (avss: 10, padded)."""
+    if task == AVSS_TASK:
+        return AVSS_CLIP_FRAMES
+    if layout == "semantic" and task in SEMANTIC_SETS:
+        return SEMANTIC_FRAMES[SEMANTIC_SETS[task]]
+    return V1_FRAMES
 
 
 def _check_v1_task(task: str) -> str:
     if task not in V1_LAYOUT:
-        raise DatasetError(f"unknown AVSBench v1 task '{task}' (expected one of {V1_TASKS})")
+        hint = " (the semantic layout has v1s, v1m, v2 and avss)" if task in DATASET_TASKS else ""
+        raise DatasetError(f"unknown AVSBench v1 task '{task}' (expected one of {V1_TASKS}){hint}")
     return task
 
 
@@ -290,6 +319,46 @@ def check_mask_size(mask_path: Path, mask: np.ndarray, frame_path: Path, frame: 
         )
 
 
+def semantic_geometry(image: Image.Image, size: Tuple[int, int], crop: bool, resample: int) -> Image.Image:
+    """The released AVSS geometry (``crop_resize_img`` / ``resize_img``) of a PIL image; ``size = (H, W)``.
+
+    ``crop``: scale so the short edge is ``S = H = W`` (the long edge ``int(long * S / short)``), then cut
+    the centre ``S x S`` window at ``(round((w - S) / 2), round((h - S) / 2))`` (Python rounding, half to
+    even). Otherwise a plain resize to ``(H, W)`` (aspect ratio not kept).
+    """
+    if not crop:
+        return image.resize((size[1], size[0]), resample)
+    if size[0] != size[1]:
+        raise ValueError(f"the AVSS centre crop is square, got size {size}")
+    side = size[0]
+    width, height = image.size
+    if width > height:
+        new_w, new_h = int(1.0 * width * side / height), side
+    else:
+        new_w, new_h = side, int(1.0 * height * side / width)
+    image = image.resize((new_w, new_h), resample)
+    left, top = int(round((new_w - side) / 2.0)), int(round((new_h - side) / 2.0))
+    return image.crop((left, top, left + side, top + side))
+
+
+def read_semantic_frame(path: Path, size: Tuple[int, int], crop: bool, layout_hint: str = "") -> np.ndarray:
+    """An AVSS frame as uint8 ``[H, W, 3]`` after :func:`semantic_geometry` (bilinear)."""
+    image = _open_image(path, "frame", layout_hint).convert("RGB")
+    return np.asarray(semantic_geometry(image, size, crop, Image.BILINEAR))
+
+
+def read_semantic_labels(path: Path, size: Tuple[int, int], crop: bool) -> np.ndarray:
+    """A ``labels_rgb`` PNG as class map int64 ``[H, W]`` after :func:`semantic_geometry` (nearest).
+
+    Every pixel of the stored image must have a palette colour (checked before resizing, so a stray
+    colour cannot hide between sampled pixels); nearest-neighbour resizing of the class map picks the
+    same pixels as the release's resizing of the colour image.
+    """
+    classes = read_label_image(path).astype(np.uint8)  # 71 classes fit in uint8 ("L" images)
+    resized = semantic_geometry(Image.fromarray(classes), size, crop, Image.NEAREST)
+    return np.asarray(resized).astype(np.int64)
+
+
 def masks_must_match_frames(layout: str, resize_masks: bool) -> bool:
     """v1 masks are drawn on the frames, so a size difference is an error unless ``resize_masks``.
 
@@ -324,14 +393,38 @@ def default_feature_cache() -> Path:
     return Path(base) / "log_mel"
 
 
-class LogMelSource:
-    """Log-mel examples ``[T, 1, 96, 64]`` of a clip from its ``.pkl`` or computed from its wav (cached)."""
+def fit_examples(examples: torch.Tensor, num: int, padding: str = "repeat") -> torch.Tensor:
+    """Log-mel examples ``[N, 1, 96, 64]`` → exactly ``[num, 1, 96, 64]``; extra examples are dropped.
 
-    def __init__(self, audio_source: str = "auto", resampler: str = "soxr", feature_cache: Optional[PathLike] = None):
+    ``padding``: ``repeat`` (AVSBench S4/MS3: the last example repeated) or ``zeros`` (AVSS, VGGish
+    ``_preprocess``: zero examples appended; the release fails on more than ``num`` examples, avseg keeps
+    the first ``num``).
+    """
+    if padding == "repeat":
+        return pad_examples(examples, num)[:num]
+    if padding != "zeros":
+        raise ValueError(f"padding must be one of {AUDIO_PADDINGS}, got '{padding}'")
+    fitted = examples.new_zeros((num, *examples.shape[1:]))
+    count = min(num, examples.shape[0])
+    fitted[:count] = examples[:count]
+    return fitted
+
+
+class LogMelSource:
+    """Log-mel examples ``[T, 1, 96, 64]`` of a clip from its ``.pkl`` or computed from its wav (cached).
+
+    ``padding``: how short audio is filled up to T (:func:`fit_examples`).
+    """
+
+    def __init__(self, audio_source: str = "auto", resampler: str = "soxr", feature_cache: Optional[PathLike] = None,
+                 padding: str = "repeat"):
         if audio_source not in AUDIO_SOURCES:
             raise DatasetError(f"data.audio_source must be one of {AUDIO_SOURCES}, got '{audio_source}'")
+        if padding not in AUDIO_PADDINGS:
+            raise ValueError(f"padding must be one of {AUDIO_PADDINGS}, got '{padding}'")
         self.audio_source = audio_source
         self.resampler = resampler
+        self.padding = padding
         if feature_cache is None:
             self.cache_dir: Optional[Path] = default_feature_cache()
         elif str(feature_cache).lower() in ("off", "none", ""):
@@ -339,8 +432,9 @@ class LogMelSource:
         else:
             self.cache_dir = Path(feature_cache)
 
-    def __call__(self, record: ClipRecord) -> torch.Tensor:
-        num = record.num_frames
+    def __call__(self, record: ClipRecord, num_frames: Optional[int] = None) -> torch.Tensor:
+        """``[num_frames, 1, 96, 64]`` (default: the clip's number of frames)."""
+        num = num_frames or record.num_frames
         use_pkl = self.audio_source == "pkl" or (self.audio_source == "auto" and record.log_mel is not None and record.log_mel.is_file())
         if use_pkl:
             if record.log_mel is None:
@@ -349,27 +443,28 @@ class LogMelSource:
                 raise DatasetError(f"missing log-mel: {record.log_mel} (expected {record.layout_hint}); use audio_source 'wav' or 'auto' to compute it from the wav")
             examples = load_log_mel_pickle(record.log_mel).float()
         else:
-            examples = self._from_wav(record.wav, num, record.layout_hint)
-        return pad_examples(examples, num)[:num]
+            examples = self._from_wav(record.wav, record.layout_hint)
+        return fit_examples(examples, num, self.padding)
 
-    def _cache_path(self, wav: Path, num: int) -> Optional[Path]:
+    def _cache_path(self, wav: Path) -> Optional[Path]:
         if self.cache_dir is None:
             return None
         stat = wav.stat()
-        key = f"{wav.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.resampler}|{num}|{FEATURE_CACHE_VERSION}"
+        key = f"{wav.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.resampler}|{FEATURE_CACHE_VERSION}"
         return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.pt"
 
-    def _from_wav(self, wav: Path, num: int, layout_hint: str) -> torch.Tensor:
+    def _from_wav(self, wav: Path, layout_hint: str) -> torch.Tensor:
+        """All VGGish examples ``[N, 1, 96, 64]`` of ``wav`` (N >= 1), from the cache when it has them."""
         if not wav.is_file():
             raise DatasetError(f"missing audio: {wav} (expected {layout_hint})")
-        cache = self._cache_path(wav, num)
+        cache = self._cache_path(wav)
         if cache is not None and cache.is_file():
             try:
                 return load_weights_only(cache)
             except Exception:
                 cache.unlink(missing_ok=True)
         try:
-            examples = load_log_mel(wav, num_examples=num, resampler=self.resampler)
+            examples = load_log_mel(wav, resampler=self.resampler)
         except AvsegError as exc:
             raise DatasetError(str(exc)) from None
         if cache is not None:
@@ -382,12 +477,13 @@ class LogMelSource:
 
 # ----------------------------------------------------------------------------- dataset
 class AVSBenchDataset(Dataset):
-    """AVSBench S4 / MS3 clips (v1 or semantic layout) as dicts of tensors.
+    """AVSBench clips (v1 or semantic layout) as dicts of tensors: binary S4/MS3, or the 71-class AVSS task.
 
     Args:
         root: v1: the folder holding ``Single-source/`` and ``Multi-sources/``; semantic: the folder with
-            ``metadata.csv``.
-        task: ``s4`` or ``ms3``; in the semantic layout also ``v1s``/``v1m`` (same as s4/ms3) or ``v2``.
+            ``metadata.csv`` (and, for avss, ``label2idx.json``).
+        task: ``s4`` or ``ms3``; in the semantic layout also ``v1s``/``v1m`` (same as s4/ms3), ``v2`` or
+            ``avss`` (class labels of the ``subsets``, padded to 10 frames).
         split: ``train``, ``val`` or ``test`` (any value of the CSV's split column).
         layout: ``v1`` or ``semantic``.
         image_size: output frame size (int or ``(H, W)``); frames are resized bilinearly, masks nearest.
@@ -396,7 +492,11 @@ class AVSBenchDataset(Dataset):
         feature_cache: folder for computed log-mels (None: ``~/.cache/avseg/log_mel``; ``"off"``: no cache).
         resize_masks: v1 layout: resize a mask whose size differs from its frame instead of raising
             :class:`DatasetError` (the semantic layout always resizes both, as its released loader does).
-        transform: optional callable ``(frames [T,3,H,W], masks [T,1,H,W]) -> (frames, masks)``.
+        transform: optional callable ``(frames [T,3,H,W], masks [T,1,H,W], mask_valid [T]) -> (frames, masks)``
+            (avss: the class maps ``labels[:, None]`` take the place of the masks).
+        subsets: avss only: the label sets to read (any of v1s, v1m, v2; default all three).
+        train_crop: avss only: the released train geometry (short-edge resize + centre crop) instead of the
+            val/test resize; None: crop exactly when ``split == "train"``, as the release decides.
     """
 
     def __init__(
@@ -410,7 +510,9 @@ class AVSBenchDataset(Dataset):
         resampler: str = "soxr",
         feature_cache: Optional[PathLike] = None,
         resize_masks: bool = False,
-        transform: Optional[Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]] = None,
+        transform: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]] = None,
+        subsets: Sequence[str] = AVSS_SUBSETS,
+        train_crop: Optional[bool] = None,
     ):
         self.root = Path(root)
         self.task = task
@@ -419,29 +521,57 @@ class AVSBenchDataset(Dataset):
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.transform = transform
         self.check_mask_sizes = masks_must_match_frames(layout, resize_masks)
+        self.semantic_classes = task == AVSS_TASK
+        self.class_names: Optional[List[str]] = None
+        self.train_crop = split == "train" if train_crop is None else train_crop
         if layout == "v1":
             if not self.root.is_dir():
                 raise DatasetError(f"dataset root not found: {self.root} (expected the folder holding Single-source/ and Multi-sources/)")
             all_records = read_v1_index(self.root, task)
         elif layout == "semantic":
-            if task not in SEMANTIC_SETS:
-                raise DatasetError(f"unknown task '{task}' for the semantic layout (expected one of {tuple(SEMANTIC_SETS)})")
+            if task not in DATASET_TASKS:
+                raise DatasetError(f"unknown task '{task}' for the semantic layout (expected one of {DATASET_TASKS})")
             if audio_source == "pkl":
                 raise DatasetError("the AVSBench-semantic layout has no .pkl log-mels: use data.audio_source 'wav' or 'auto'")
-            all_records = read_semantic_index(self.root, [SEMANTIC_SETS[task]])
+            if self.semantic_classes:
+                label_sets = self._check_avss_options(subsets)
+                self.class_names = read_class_names(self.root / "label2idx.json", AVSS_NUM_CLASSES)
+            else:
+                label_sets = [SEMANTIC_SETS[task]]
+            all_records = read_semantic_index(self.root, label_sets)
         else:
             raise DatasetError(f"unknown dataset layout '{layout}' (expected one of {LAYOUTS})")
         self.records = [record for record in all_records if record.split == split]
         if not self.records:
             splits = sorted({record.split for record in all_records})
             raise DatasetError(f"{self.root}: no {task} clips in split '{split}' ({layout} layout; splits present: {splits})")
-        self.log_mel_source = LogMelSource(audio_source, resampler, feature_cache)
+        padding = "zeros" if self.semantic_classes else "repeat"
+        self.log_mel_source = LogMelSource(audio_source, resampler, feature_cache, padding)
+
+    def _check_avss_options(self, subsets: Sequence[str]) -> List[str]:
+        unknown = [subset for subset in subsets if subset not in AVSS_SUBSETS]
+        if unknown or not subsets:
+            raise ValueError(f"subsets must be a non-empty list of {AVSS_SUBSETS}, got {list(subsets)}")
+        if self.train_crop and self.image_size[0] != self.image_size[1]:
+            raise ValueError(f"the AVSS train crop is square: image_size must be one number, got {self.image_size}")
+        return list(subsets)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the ``labels`` (avss: 71, background included); 1 (foreground) for the binary tasks."""
+        return len(self.class_names) if self.class_names is not None else 1
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def load_log_mel(self, index: int) -> torch.Tensor:
+        """Clip ``index``'s ``log_mel`` ``[T, 1, 96, 64]`` exactly as its item has it, without decoding frames."""
+        return self.log_mel_source(self.records[index], AVSS_CLIP_FRAMES if self.semantic_classes else None)
+
     def __getitem__(self, index: int) -> Dict[str, object]:
         record = self.records[index]
+        if self.semantic_classes:
+            return self._avss_item(index)
         height, width = self.image_size
         stored_frames = [read_frame(path, None, record.layout_hint) for path in record.frames]
         masks = torch.zeros(record.num_frames, 1, height, width)
@@ -452,13 +582,44 @@ class AVSBenchDataset(Dataset):
                     check_mask_size(path, mask, record.frames[k], stored_frames[k])
                 masks[k, 0] = torch.from_numpy(resize_mask(mask, self.image_size))
         frames = normalize_frames(np.stack([resize_frame(frame, self.image_size) for frame in stored_frames]))
+        mask_valid = torch.tensor(record.mask_valid, dtype=torch.bool)
         if self.transform is not None:
-            frames, masks = self.transform(frames, masks)
+            frames, masks = self.transform(frames, masks, mask_valid)
         return {
             "frames": frames,
-            "log_mel": self.log_mel_source(record),
+            "log_mel": self.load_log_mel(index),
             "masks": masks,
-            "mask_valid": torch.tensor(record.mask_valid, dtype=torch.bool),
+            "mask_valid": mask_valid,
             "video_id": record.video_id,
             "category": record.category,
+        }
+
+    def _avss_item(self, index: int) -> Dict[str, object]:
+        """Clip ``index`` of the AVSS task, padded to 10 frames (see the module docstring for the keys)."""
+        record = self.records[index]
+        height, width = self.image_size
+        count = record.num_frames
+        frames = torch.zeros(AVSS_CLIP_FRAMES, 3, height, width)
+        stored = [read_semantic_frame(path, self.image_size, self.train_crop, record.layout_hint) for path in record.frames]
+        frames[:count] = normalize_frames(np.stack(stored))
+        labels = torch.zeros(AVSS_CLIP_FRAMES, height, width, dtype=torch.int64)
+        for k, path in enumerate(record.masks):
+            if path is not None:
+                labels[k] = torch.from_numpy(read_semantic_labels(path, self.image_size, self.train_crop))
+        frame_valid = torch.arange(AVSS_CLIP_FRAMES) < count
+        mask_valid = torch.zeros(AVSS_CLIP_FRAMES, dtype=torch.bool)
+        mask_valid[:count] = torch.tensor(record.mask_valid, dtype=torch.bool)
+        if self.transform is not None:
+            frames, label_maps = self.transform(frames, labels[:, None], mask_valid)
+            labels = label_maps[:, 0]
+        return {
+            "frames": frames,
+            "log_mel": self.load_log_mel(index),
+            "labels": labels,
+            "masks": (labels > 0).float()[:, None],
+            "frame_valid": frame_valid,
+            "mask_valid": mask_valid,
+            "video_id": record.video_id,
+            "category": record.category,
+            "subset": record.subset,
         }

@@ -4,6 +4,8 @@
 ``metadata.csv``). Frames and masks must decode as images, wavs as audio long enough for one VGGish
 example, and (v1) ``.pkl`` log-mels as safely unpicklable tensors of shape ``[N, 1, 96, 64]``; v1 masks
 must have the size of their frame (``resize_masks=True`` accepts other sizes, as the loader then does).
+avss: every ``labels_rgb`` pixel must have a palette colour, and ``label2idx.json``, when present, must list
+71 classes (without it the binary semantic tasks still load, ``data.task=avss`` does not: a note says so).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from avseg.data.avsbench_dataset import (
     read_v1_index,
 )
 from avseg.data.safe_pickle import load_log_mel_pickle
+from avseg.data.semantic_labels import AVSS_NUM_CLASSES, read_class_names, read_label_image
 from avseg.errors import AvsegError, DatasetError
 
 PathLike = Union[str, os.PathLike]
@@ -43,6 +46,7 @@ class CheckReport:
     files_checked: int = 0
     problems: List[str] = field(default_factory=list)
     layout_hint: str = ""
+    notes: List[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -55,6 +59,7 @@ class CheckReport:
             lines.append(f"{split:<8} {self.clips[split]:>6} {self.masks.get(split, 0):>6}")
         lines.append(f"{'total':<8} {sum(self.clips.values()):>6} {sum(self.masks.values()):>6}")
         lines.append(f"checked {self.files_checked} files: " + ("OK" if self.ok else f"{len(self.problems)} problem(s)"))
+        lines.extend(f"note: {note}" for note in self.notes)
         if self.problems and self.layout_hint:
             lines.append(f"  expected {self.layout_hint}")
         for problem in self.problems[:max_problems]:
@@ -83,7 +88,7 @@ def _check_log_mel(path: Path) -> None:
     load_log_mel_pickle(path)
 
 
-def _check_frames_and_masks(record: ClipRecord, check_sizes: bool, report: CheckReport) -> None:
+def _check_frames_and_masks(record: ClipRecord, check_sizes: bool, report: CheckReport, palette_labels: bool) -> None:
     frames: Dict[int, np.ndarray] = {}
     for k, path in enumerate(record.frames):
         report.files_checked += 1
@@ -96,15 +101,18 @@ def _check_frames_and_masks(record: ClipRecord, check_sizes: bool, report: Check
             continue
         report.files_checked += 1
         try:
-            mask = read_mask(path)
-            if check_sizes and k in frames:
-                check_mask_size(path, mask, record.frames[k], frames[k])
+            if palette_labels:
+                read_label_image(path)
+            else:
+                mask = read_mask(path)
+                if check_sizes and k in frames:
+                    check_mask_size(path, mask, record.frames[k], frames[k])
         except AvsegError as exc:
             report.problems.append(str(exc))
 
 
-def _check_clip(record: ClipRecord, check_log_mel: bool, check_sizes: bool, report: CheckReport) -> None:
-    _check_frames_and_masks(record, check_sizes, report)
+def _check_clip(record: ClipRecord, check_log_mel: bool, check_sizes: bool, report: CheckReport, palette_labels: bool) -> None:
+    _check_frames_and_masks(record, check_sizes, report, palette_labels)
     checks = [(_check_wav, record.wav)]
     if check_log_mel and record.log_mel is not None:
         checks.append((_check_log_mel, record.log_mel))
@@ -137,12 +145,22 @@ def check_dataset(root: PathLike, task: str, check_log_mel: bool = True, progres
     for record in records:
         masks[record.split] += sum(record.mask_valid)
     report.masks = dict(masks)
+    semantic = task == "avss"
+    class_list = Path(root) / "label2idx.json"
+    if semantic and not class_list.exists():
+        report.notes.append(f"no {class_list}: the binary semantic tasks load, data.task=avss (71 classes) needs it")
+    elif semantic:
+        report.files_checked += 1
+        try:
+            read_class_names(class_list, AVSS_NUM_CLASSES)
+        except DatasetError as exc:
+            report.problems.append(str(exc))
     iterator = records
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(records, desc=f"check {task}", unit="clip")
-    check_sizes = masks_must_match_frames("semantic" if task == "avss" else "v1", resize_masks)
+    check_sizes = masks_must_match_frames("semantic" if semantic else "v1", resize_masks)
     for record in iterator:
-        _check_clip(record, check_log_mel, check_sizes, report)
+        _check_clip(record, check_log_mel, check_sizes, report, semantic)
     return report

@@ -1,6 +1,7 @@
 """DataLoaders for training and evaluation, their (seed, epoch)-determined and rank-sharded samplers.
 
-* :func:`build_train_loader`: shuffled per ``(seed, epoch)`` by an :class:`EpochShuffleSampler`, so a
+* :func:`build_train_loader`: the training set (with its negative-audio items when
+  ``train.negative_audio_fraction`` > 0), shuffled per ``(seed, epoch)`` by an :class:`EpochShuffleSampler`, so a
   resumed run sees exactly the batches it would have seen; with several ranks the permutation is padded
   to a multiple of the world size (as ``DistributedSampler`` does) so every rank runs the same number
   of steps.
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from avseg.data.negative_audio import build_negative_audio
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -95,9 +98,11 @@ class ContiguousShardSampler(Sampler[int]):
 def build_train_loader(dataset: Dataset, cfg: DictConfig, ctx: Any) -> DataLoader:
     """Shuffled per (seed, epoch), sharded over ranks, worker seeds drawn from a per-epoch generator.
 
-    The trainer re-seeds ``loader.generator`` from ``(seed + rank, epoch)`` and calls
-    ``loader.sampler.set_epoch(epoch)`` before each epoch.
+    With ``train.negative_audio_fraction`` > 0 the dataset first gains its negative-audio items
+    (:func:`avseg.data.negative_audio.build_negative_audio`). The trainer re-seeds ``loader.generator``
+    from ``(seed + rank, epoch)`` and calls ``loader.sampler.set_epoch(epoch)`` before each epoch.
     """
+    dataset = build_negative_audio(dataset, cfg)
     sampler = EpochShuffleSampler(len(dataset), seed=cfg.seed, world_size=ctx.world_size, rank=ctx.rank)
     return DataLoader(
         dataset,

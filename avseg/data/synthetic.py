@@ -14,13 +14,19 @@ wheel, ±1/64 jitter; random saturation and value), so a network trained from sc
 an object from its colour as well as its shape; ``random`` draws every hue at random, so only the shape
 identifies the category (much harder to learn within a CPU budget, see docs/results.md).
 
-* S4: one object sounds for the whole clip; most clips (90 %) add 1-3 silent objects of other categories.
-* MS3 (and semantic v2): 2-3 sounding objects plus 1-2 silent ones; each second a random
+* S4 (semantic v1s): one object sounds for the whole clip; most clips (90 %) add 1-3 silent objects of
+  other categories.
+* MS3 (semantic v1m and v2): 2-3 sounding objects plus 1-2 silent ones; each second a random
   subset of them is audible and their sounds are mixed; some seconds are silent (empty masks).
+* AVSS (``task="avss"``, semantic layout): all three sets v1s, v1m (5 s) and v2 (10 s) in one release
+  folder; class ``c + 1`` of the palette is category ``c`` (classes 1-8), so a label says which
+  category sounds there and only the sound tells it apart from the silent objects of other categories.
 
 Masks are the visible pixels of the objects audible in that second. Files written: the meta CSV,
-frames (PNG, or JPEG in the semantic layout), masks, 16 kHz int16 wav, ``.pkl`` log-mels (pickled torch
-tensors, as the official preprocessing writes them) and ``raw_videos/*.mp4`` (H.264 + AAC) that
+frames (PNG, or JPEG in the semantic layout), masks (semantic: ``labels_rgb`` PNGs in the official
+palette), 16 kHz int16 wav, ``.pkl`` log-mels (v1; pickled torch tensors, as the official preprocessing
+writes them), ``label2idx.json`` (semantic: 71 keys, background first, the 8 categories, then unused
+placeholder names, because the official loader requires 71) and ``raw_videos/*.mp4`` (H.264 + AAC) that
 ``tools/prepare_avsbench.py`` turns back into the same frames and features.
 
 Numbers measured on this data are pipeline checks, not AVSBench numbers.
@@ -42,14 +48,16 @@ import numpy as np
 import torch
 
 from avseg.audio.vggish_input import SAMPLE_RATE, pad_examples, waveform_to_examples
+from avseg.config import AVSS_SUBSETS
 from avseg.data.avsbench_dataset import (
+    AVSS_TASK,
     SEMANTIC_SETS,
     ClipRecord,
     semantic_clip_record,
     v1_clip_record,
     v1_csv_path,
 )
-from avseg.data.semantic_labels import classes_to_colours
+from avseg.data.semantic_labels import AVSS_NUM_CLASSES, classes_to_colours
 from avseg.errors import DatasetError
 from avseg.fileio import atomic_path, atomic_write_bytes, atomic_write_text
 
@@ -69,6 +77,8 @@ HARMONIC_WEIGHTS = (  # weights of harmonics 1, 2, 3 per category
 MODULATION_HZ = (0.0, 3.0, 6.0, 10.0, 4.0, 0.0, 8.0, 2.0)  # amplitude-modulation rate per category
 TASK_IDS = {"s4": 4, "ms3": 3, "v2": 2}
 TASK_SECONDS = {"s4": 5, "ms3": 5, "v2": 10}
+SUBSET_RENDER_TASKS = {"v1s": "s4", "v1m": "ms3", "v2": "v2"}  # semantic label set → the clips it holds
+LAYOUT_TASKS = {"v1": ("s4", "ms3"), "semantic": ("s4", "ms3", "v2", AVSS_TASK)}
 VIDEO_FPS = 8
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 GENERATOR_VERSION = 2
@@ -358,13 +368,18 @@ def split_sizes_for(num_videos: int) -> Tuple[int, int, int]:
     return num_videos - val - test, val, test
 
 
+def default_layout(task: str) -> str:
+    """``semantic`` for the tasks only that layout has (v2, avss), else ``v1``."""
+    return "semantic" if task in ("v2", AVSS_TASK) else "v1"
+
+
 def make_synthetic(
     out: PathLike,
     task: str = "s4",
     num_videos: int = 100,
     size: int = 224,
     seed: int = 0,
-    layout: str = "v1",
+    layout: Optional[str] = None,
     split_sizes: Optional[Sequence[int]] = None,
     write_videos: bool = True,
     progress: bool = False,
@@ -373,16 +388,18 @@ def make_synthetic(
     """Write a synthetic AVSBench ``task`` into ``out`` and return ``out``.
 
     v1 layout: ``out/Single-source/...`` (s4) or ``out/Multi-sources/...`` (ms3), the dataset root of
-    :class:`~avseg.data.AVSBenchDataset`. Semantic layout: ``out/metadata.csv`` plus ``out/v1s`` (s4),
-    ``out/v1m`` (ms3) or ``out/v2`` (v2, 10 s clips); rows of other sets already in metadata.csv are kept.
-    ``split_sizes`` (train, val, test) overrides ``num_videos``. Clip ``i`` depends only on
-    ``(seed, task, i, colours)``. ``write_videos=False`` skips the raw mp4s (faster, for tests).
+    :class:`~avseg.data.AVSBenchDataset`. Semantic layout: ``out/metadata.csv``, ``out/label2idx.json`` plus
+    ``out/v1s`` (s4), ``out/v1m`` (ms3), ``out/v2`` (v2, 10 s clips) or all three (avss); rows of other
+    sets already in metadata.csv are kept. ``layout`` None: semantic for v2 and avss, else v1.
+    ``split_sizes`` (train, val, test) overrides ``num_videos``; avss writes that many clips in each set.
+    Clip ``i`` of a set depends only on ``(seed, set, i, colours)`` (the avss v1s clips are the semantic
+    s4 clips). ``write_videos=False`` skips the raw mp4s (faster, for tests).
     """
-    if layout not in ("v1", "semantic"):
-        raise DatasetError(f"unknown layout '{layout}' (expected v1 or semantic)")
-    valid_tasks = ("s4", "ms3") if layout == "v1" else ("s4", "ms3", "v2")
-    if task not in valid_tasks:
-        raise DatasetError(f"unknown synthetic task '{task}' for the {layout} layout (expected one of {valid_tasks})")
+    layout = layout or default_layout(task)
+    if layout not in LAYOUT_TASKS:
+        raise DatasetError(f"unknown layout '{layout}' (expected one of {tuple(LAYOUT_TASKS)})")
+    if task not in LAYOUT_TASKS[layout]:
+        raise DatasetError(f"unknown synthetic task '{task}' for the {layout} layout (expected one of {LAYOUT_TASKS[layout]})")
     if size < 32:
         raise DatasetError(f"synthetic frames must be at least 32 px, got {size}")
     if write_videos and size % 2:
@@ -392,19 +409,23 @@ def make_synthetic(
         raise DatasetError(f"split sizes must be three non-negative counts (train, val, test), got {sizes}")
     splits = ["train"] * sizes[0] + ["val"] * sizes[1] + ["test"] * sizes[2]
     out = Path(out)
-    label_set = SEMANTIC_SETS[task] if layout == "semantic" else None
-
-    rows: List[List[str]] = []
-    info: Dict[str, object] = {}
-    indices = range(len(splits))
-    if progress:
-        from tqdm import tqdm
-
-        indices = tqdm(indices, desc=f"synthetic {task}", unit="clip")
+    if layout == "v1":
+        jobs: List[Tuple[str, Optional[str]]] = [(task, None)]
+    else:
+        label_sets = AVSS_SUBSETS if task == AVSS_TASK else (SEMANTIC_SETS[task],)
+        jobs = [(SUBSET_RENDER_TASKS[label_set], label_set) for label_set in label_sets]
     with single_threaded_torch():
-        for index in indices:
-            _generate_one(out, task, layout, label_set, index, splits[index], size, seed, colours, write_videos, rows, info)
-    _write_index(out, task, layout, label_set, seed, size, colours, rows, info)
+        for render_task, label_set in jobs:
+            rows: List[List[str]] = []
+            info: Dict[str, object] = {}
+            indices = range(len(splits))
+            if progress:
+                from tqdm import tqdm
+
+                indices = tqdm(indices, desc=f"synthetic {label_set or render_task}", unit="clip")
+            for index in indices:
+                _generate_one(out, render_task, layout, label_set, index, splits[index], size, seed, colours, write_videos, rows, info)
+            _write_index(out, render_task, layout, label_set, seed, size, colours, rows, info)
     return out
 
 
@@ -434,9 +455,15 @@ def _write_index(out: Path, task: str, layout: str, label_set: Optional[str], se
         atomic_write_text(v1_csv_path(out, task).parent / "synthetic_meta.json", json.dumps(meta, indent=1))
     else:
         _merge_semantic_metadata(out, label_set, rows)
-        labels = {"background": 0, **{name: i + 1 for i, name in enumerate(CATEGORIES)}}
-        atomic_write_text(out / "label2idx.json", json.dumps(labels, indent=1))
+        atomic_write_text(out / "label2idx.json", json.dumps(synthetic_label2idx(), indent=1))
         atomic_write_text(out / label_set / "synthetic_meta.json", json.dumps(meta, indent=1))
+
+
+def synthetic_label2idx() -> Dict[str, int]:
+    """The 71 keys of the synthetic ``label2idx.json``: background, the categories (class c + 1), placeholders."""
+    names = ["background", *CATEGORIES]
+    names += [f"unused_{index:02d}" for index in range(len(names), AVSS_NUM_CLASSES)]
+    return {name: index for index, name in enumerate(names)}
 
 
 SEMANTIC_HEADER = ["vid", "uid", "s_min", "s_sec", "a_obj", "split", "label"]
@@ -461,4 +488,4 @@ def _write_csv(path: Path, header: List[str], rows: List[List[str]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-__all__ = ["CATEGORIES", "COLOUR_MODES", "SyntheticClip", "make_synthetic", "render_clip", "split_sizes_for"]
+__all__ = ["CATEGORIES", "COLOUR_MODES", "SyntheticClip", "default_layout", "make_synthetic", "render_clip", "split_sizes_for", "synthetic_label2idx"]

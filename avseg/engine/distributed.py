@@ -7,14 +7,16 @@
 The collectives (:func:`broadcast_object`, :func:`all_gather_objects`, :func:`gather_to_main`,
 :func:`all_reduce_sum`, :func:`broadcast_buffers`) are no-ops returning the single-process answer
 when there is no process group, so callers need no ``if distributed`` branches. The samplers that
-shard data over ranks live in :mod:`avseg.data.loaders`.
+shard data over ranks live in :mod:`avseg.data.loaders`; the loss reductions that make N processes
+compute the single-process maths live in :mod:`avseg.losses.reduction`. :func:`sync_batchnorm`
+applies ``train.sync_bn`` where the backend supports it.
 """
 from __future__ import annotations
 
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -151,6 +153,26 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
         return
     for buffer in module.buffers():
         dist.broadcast(buffer.data, src=src)
+
+
+def sync_batchnorm(model: nn.Module, ctx: DistContext) -> Tuple[nn.Module, bool, str]:
+    """``train.sync_bn``: the model with its BatchNorm layers as SyncBatchNorm, where that is supported.
+
+    SyncBatchNorm needs CUDA tensors and a backend with CUDA collectives (NCCL); on gloo or the CPU
+    the layers stay per-process BatchNorm. Returns ``(model, converted, message)``; the message says
+    what was done or why not, for the log. A single process needs no synchronisation.
+    """
+    if not ctx.enabled:
+        return model, False, "train.sync_bn: a single process already normalises over its whole batch; nothing to convert"
+    backend = dist.get_backend()
+    if ctx.device.type != "cuda" or backend != "nccl":
+        return model, False, (
+            f"train.sync_bn is unavailable with the {backend} backend on {ctx.device.type} (SyncBatchNorm needs CUDA "
+            f"with NCCL): BatchNorm statistics stay per process, each over its own {ctx.world_size}-th of the batch"
+        )
+    layers = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model, True, f"train.sync_bn: {layers} BatchNorm layer(s) normalise over the batch of all {ctx.world_size} processes"
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -36,6 +36,7 @@ from avseg.engine.distributed import (
     broadcast_object,
     init_distributed,
     shutdown_distributed,
+    sync_batchnorm,
     unwrap_model,
 )
 from avseg.engine.hooks import BEST_NAME, LAST_NAME, Hook, default_hooks
@@ -146,14 +147,18 @@ class Trainer:
         self.device = ctx.device
         self.run_dir = Path(run_dir)
         self.logger = get_logger()
-        self.record = registry.get(cfg.model.name)
+        self.record = registry.record_for(cfg)
         self.train_loader = train_loader
         self.metric_name: Optional[str] = getattr(evaluator, "primary_metric", None)
         self.hooks = list(default_hooks(evaluator, val_loader) if hooks is None else hooks)
 
         model.to(self.device)
-        if ctx.enabled and self.tcfg.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if self.tcfg.sync_bn:
+            model, converted, message = sync_batchnorm(model, ctx)
+            if converted or not ctx.enabled:
+                self.logger.info(message)
+            else:
+                self.logger.warning(message)
         self.optimizer = build_optimizer(model, self.tcfg)
         self.steps_per_epoch = len(train_loader)
         if self.tcfg.max_steps_per_epoch > 0:

@@ -3,7 +3,10 @@
 * :func:`avsbench_miou`, :func:`avsbench_fscore`: one batch, exactly as the official code (see
   :mod:`avseg.evaluation.metrics`).
 * :func:`build_evaluator`: the evaluator for a config, by the task of its model's registry record (``avs`` →
-  :class:`AVSBenchEvaluator`; ``image``, the AE/VAE models → ``avseg.vae.evaluation.VaeEvaluator``).
+  :class:`AVSBenchEvaluator`, or :class:`AVSSEvaluator` when ``data.task`` is avss; ``image``, the AE/VAE
+  models → ``avseg.vae.evaluation.VaeEvaluator``).
+* :class:`AVSSMetric`: the official AVSS per-class mIoU / F and the real-frames variant
+  (:mod:`avseg.evaluation.semantic_metrics`).
 * :func:`evaluate_audio_modes` / :func:`parse_audio_modes`: one evaluation per audio mode
   (:mod:`avseg.evaluation.audio_modes`); ``tools/eval.py``'s pipeline is :mod:`avseg.evaluation.runner`,
   ``tools/compare.py``'s is :mod:`avseg.evaluation.compare`.
@@ -32,13 +35,13 @@ from avseg.evaluation.metrics import (
     official_scores,
     threshold_bins,
 )
-from avseg.evaluation.semantic_metrics import AVSSMetric
+from avseg.evaluation.semantic_metrics import AVSSEvaluator, AVSSMetric, AVSSResult, format_avss_table
 from avseg.evaluation.rle import SavedPredictions, decode_mask, encode_mask, write_predictions
 
 
 
 def build_evaluator(cfg, out_dir=None):
-    """The evaluator for ``cfg``: image models → ``VaeEvaluator(cfg)``, AVS models → AVSBench metrics.
+    """The evaluator for ``cfg``: image models → ``VaeEvaluator(cfg)``, AVS models → AVSBench (or AVSS) metrics.
 
     ``out_dir`` (AVS only) is where masks, predictions and the grid go when ``cfg.eval`` asks for them.
     """
@@ -52,7 +55,9 @@ def build_evaluator(cfg, out_dir=None):
 
 
 __all__ = [
+    "AVSSEvaluator",
     "AVSSMetric",
+    "AVSSResult",
     "AUDIO_MODES",
     "AVSBenchEvaluator",
     "AudioCounterfactual",
@@ -66,6 +71,7 @@ __all__ = [
     "decode_mask",
     "encode_mask",
     "evaluate_audio_modes",
+    "format_avss_table",
     "format_table",
     "frame_scores",
     "inference_keys",

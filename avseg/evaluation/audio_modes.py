@@ -1,7 +1,10 @@
 """Evaluation with audio modes: the ``--audio`` / ``eval.audio`` list and one AVSBench evaluation per mode.
 
-``normal`` scores the clips with their own sound; ``shuffle`` and ``silent`` are the counterfactuals of
-:class:`avseg.evaluation.evaluator.AudioCounterfactual`.
+``normal`` scores the clips with their own sound; ``shuffle``, ``silent``, ``noise`` and ``offscreen`` are
+the counterfactuals of :class:`avseg.evaluation.evaluator.AudioCounterfactual`, all seeded by
+``eval.shuffle_seed`` (the shuffle derangement, the noise waveforms, the off-screen donors). ``silent``,
+``noise`` and ``offscreen`` are negative conditions: their results also carry the false-positive rate
+(:mod:`avseg.evaluation.robust`).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ def evaluate_audio_modes(model, cfg: DictConfig, split: str, modes: Sequence[str
     """Evaluate ``model`` on ``split`` once per audio mode; one :class:`EvalResult` per mode.
 
     Sets ``cfg.eval.audio`` to each mode in turn; the evaluator writes its per-mode outputs into ``out_dir``.
+    :func:`avseg.evaluation.robust.robust_section` summarises the negative modes among the results.
     """
     from avseg.data import build_dataset
     from avseg.engine.run_setup import get_logger

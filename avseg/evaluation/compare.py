@@ -13,6 +13,9 @@ For every config (run folder ``<out>/<cfg.name>/``):
 3. count parameters, read the training time from the checkpoint's epoch history (the rows of
    ``train_log.csv``), and time inference (frames per second, model forward only).
 
+Negative audio modes (``silent``, ``noise``, ``offscreen``) add their false-positive rate (``fpr_<mode>``)
+and the run's ``pn_hmean`` (:mod:`avseg.evaluation.robust`) to the tables.
+
 Outputs in ``<out>``: ``results.md`` (Markdown table), ``results.csv`` (every number), ``results.png``
 (bar chart of mIoU and F per audio mode) and ``<run>/compare.json`` per config.
 """
@@ -36,6 +39,7 @@ from omegaconf import DictConfig
 from avseg.config import config_to_dict, load_config
 from avseg.errors import AvsegError, CheckpointError, ConfigError
 from avseg.evaluation.audio_modes import parse_audio_modes
+from avseg.evaluation.robust import NEGATIVE_MODES, robust_section
 from avseg.models import registry
 
 RESULTS_MD = "results.md"
@@ -68,6 +72,7 @@ class CompareRow:
     fps: float
     fps_device: str
     metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    robust: Dict[str, Any] = field(default_factory=dict)  # robust_summary of the negative modes ({} without)
 
 
 # ----------------------------------------------------------------------------- configs and runs
@@ -236,7 +241,8 @@ def evaluate_run(
     eval_cfg.eval.audio = "normal"
     fps = measure_fps(model, build_eval_loader(build_dataset(eval_cfg, split, train=False), eval_cfg.eval.batch_size, eval_cfg, ctx),
                       device, fps_batches)
-    write_metrics_json(eval_dir / "metrics.json", results, {**meta, "batch_clips": eval_cfg.eval.batch_size})
+    robust = robust_section(results)
+    write_metrics_json(eval_dir / "metrics.json", results, {**meta, "batch_clips": eval_cfg.eval.batch_size, **robust})
     params, trainable = count_parameters(model)
     history = list(payload.get("history") or [])
     return CompareRow(
@@ -254,15 +260,26 @@ def evaluate_run(
         train_wall_s=sum(float(row.get("time_epoch_s", 0.0)) for row in history),
         fps=fps,
         fps_device=f"{device.type}, {torch.get_num_threads()} threads",
-        metrics={result.audio: {key: float(result.metrics[key]) for key in METRIC_KEYS} for result in results},
+        metrics={result.audio: {key: float(result.metrics[key]) for key in METRIC_KEYS + ("fpr",) if key in result.metrics}
+                 for result in results},
+        robust=robust.get("robust", {}),
     )
 
 
 # ----------------------------------------------------------------------------- outputs
-def csv_columns(audio_modes: Sequence[str]) -> List[str]:
-    columns = ["name", "config", "task", "split", "checkpoint", "epoch", "epochs", "steps", "params",
+RUN_COLUMNS = ["name", "config", "task", "split", "checkpoint", "epoch", "epochs", "steps", "params",
                "trainable_params", "train_time_s", "train_wall_s", "fps", "fps_device"]
-    return columns + [f"{key}_{mode}" for mode in audio_modes for key in METRIC_KEYS]
+
+
+def _negative(audio_modes: Sequence[str]) -> List[str]:
+    return [mode for mode in audio_modes if mode in NEGATIVE_MODES]
+
+
+def csv_columns(audio_modes: Sequence[str]) -> List[str]:
+    """The run columns, ``<metric>_<mode>`` per mode, then ``fpr_<mode>`` per negative mode and ``pn_hmean``."""
+    negative = _negative(audio_modes)
+    return (RUN_COLUMNS + [f"{key}_{mode}" for mode in audio_modes for key in METRIC_KEYS]
+            + [f"fpr_{mode}" for mode in negative] + (["pn_hmean"] if negative else []))
 
 
 def _number(value: float, digits: int = 4) -> str:
@@ -277,8 +294,10 @@ def results_csv(rows: Sequence[CompareRow], audio_modes: Sequence[str]) -> str:
     writer.writerow(columns)
     for row in rows:
         record = asdict(row)
-        values = [record[column] for column in columns[:14]]
+        values = [record[column] for column in RUN_COLUMNS]
         values += [row.metrics[mode][key] for mode in audio_modes for key in METRIC_KEYS]
+        values += [row.metrics[mode]["fpr"] for mode in _negative(audio_modes)]
+        values += [row.robust["pn_hmean"]] if _negative(audio_modes) else []
         writer.writerow([repr(v) if isinstance(v, float) else v for v in values])
     return buffer.getvalue()
 
@@ -289,12 +308,14 @@ def _duration(seconds: float) -> str:
 
 
 def results_table(rows: Sequence[CompareRow], audio_modes: Sequence[str]) -> str:
-    """The Markdown table: official and batch-independent mIoU/F, counterfactual mIoU, costs."""
+    """The Markdown table: official and batch-independent mIoU/F, counterfactual mIoU (and FPR for the
+    negative modes, then pn_hmean), costs."""
     counterfactual = [mode for mode in audio_modes if mode != "normal"]
+    negative = _negative(audio_modes)
     header = ["config", "mIoU (official)", "F (official)", "mIoU (batch-indep.)", "F (batch-indep.)"]
     for mode in counterfactual:
-        header += [f"mIoU {mode} audio", f"Δ mIoU {mode}"]
-    header += ["params (M)", "train time", "inference fps"]
+        header += [f"mIoU {mode} audio", f"Δ mIoU {mode}"] + ([f"FPR {mode}"] if mode in negative else [])
+    header += (["pn_hmean"] if negative else []) + ["params (M)", "train time", "inference fps"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         normal = row.metrics["normal"]
@@ -302,7 +323,8 @@ def results_table(rows: Sequence[CompareRow], audio_modes: Sequence[str]) -> str
                  _number(normal["miou_batch_independent"]), _number(normal["fscore_batch_independent"])]
         for mode in counterfactual:
             miou = row.metrics[mode]["miou"]
-            cells += [_number(miou), f"{miou - normal['miou']:+.4f}"]
+            cells += [_number(miou), f"{miou - normal['miou']:+.4f}"] + ([_number(row.metrics[mode]["fpr"])] if mode in negative else [])
+        cells += ([_number(row.robust["pn_hmean"])] if negative else [])
         cells += [f"{row.params / 1e6:.2f}", _duration(row.train_wall_s), _number(row.fps, 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -331,8 +353,12 @@ def results_markdown(rows: Sequence[CompareRow], audio_modes: Sequence[str], com
             "*batch-indep.* averages mIoU over all scored frames and takes F from the curve of all frames. "
             "Counterfactual columns evaluate the same checkpoint with each clip's sound replaced: `shuffle` gives "
             "every clip another clip's log-mel (fixed derangement, `eval.shuffle_seed`), `silent` the log-mel of "
-            "silence; Δ is the change from normal audio (official mIoU). A model that uses the sound drops there; "
-            "a visual-only model does not change. Train time includes the per-epoch validation; inference fps "
+            "silence, `noise` seeded white noise at −20 dBFS and `offscreen` the sound of a clip of another category group "
+            "(all through the positives' log-mel front end); Δ is the change from normal audio (official mIoU, against "
+            "the original masks). A model that uses the sound drops there; a visual-only model does not change. "
+            "Under negative audio (silent, noise, offscreen) the right answer is an empty mask: FPR is the mean over "
+            "frames of the fraction of pixels predicted sounding, and pn_hmean the harmonic mean of the normal-audio "
+            "mIoU and 1 − (mean FPR over the negative modes); see docs/evaluation.md. Train time includes the per-epoch validation; inference fps "
             "times the model's forward pass only (data in memory), and is noisy on a shared machine.",
             "",
             results_table(rows, audio_modes),

@@ -13,7 +13,9 @@ Only frames whose ``mask_valid`` is true are scored.
 
 Audio counterfactuals (:class:`AudioCounterfactual`, ``cfg.eval.audio``): ``shuffle`` pairs every clip
 with another clip's log-mel (a fixed-seed derangement), ``silent`` gives every clip the log-mel of a
-silent waveform from the real VGGish front end.
+silent waveform from the real VGGish front end, ``noise`` seeded white noise and ``offscreen`` the sound
+of a clip of another category group (:mod:`avseg.data.negative_audio`). Under the negative conditions
+(silent, noise, offscreen) ``metrics`` also holds ``fpr`` (:mod:`avseg.evaluation.robust`).
 """
 from __future__ import annotations
 
@@ -31,15 +33,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from avseg.config import EVAL_AUDIO_MODES
+from avseg.data.negative_audio import clip_categories, clip_log_mel, noise_log_mel, offscreen_partners, silent_log_mel
 from avseg.engine.distributed import all_gather_objects, gather_to_main, get_rank, unwrap_model
 from avseg.errors import ConfigError
 from avseg.evaluation import metrics as M
+from avseg.evaluation import robust
 from avseg.evaluation.rle import SavedPredictions, encode_mask, pack_bins, write_predictions
 from avseg.fileio import atomic_path, atomic_write_text, join_inside
 from avseg.models import registry
 
-AUDIO_MODES = ("normal", "shuffle", "silent")
-MASK_KEYS = ("masks", "mask_valid")
+AUDIO_MODES = EVAL_AUDIO_MODES  # the schema's list: normal first, then the counterfactuals
+MASK_KEYS = ("masks", "mask_valid", "labels")  # supervision: never passed to the model at inference
 
 
 # ----------------------------------------------------------------------------- audio counterfactuals
@@ -56,19 +61,13 @@ def shuffle_partners(length: int, seed: int) -> np.ndarray:
     return partners
 
 
-def silent_log_mel(num_examples: int) -> torch.Tensor:
-    """Log-mel ``[T, 1, 96, 64]`` of ``T`` seconds of silence through the VGGish front end (``log(0.01)``)."""
-    from avseg.audio import SAMPLE_RATE, pad_examples, waveform_to_examples
-
-    examples = waveform_to_examples(np.zeros(num_examples * SAMPLE_RATE), SAMPLE_RATE)
-    return pad_examples(examples, num_examples)[:num_examples].float()
-
-
 class AudioCounterfactual(Dataset):
-    """An AVS dataset whose items carry another clip's sound (``shuffle``) or silence (``silent``).
+    """An AVS dataset whose items carry another clip's sound (``shuffle``; ``offscreen``: a clip of another
+    category group, :func:`~avseg.data.negative_audio.offscreen_partners`), silence (``silent``) or white
+    noise (``noise``, seeded by ``(seed, index)``); frames and masks unchanged.
 
-    For ``shuffle`` the partner's log-mel comes from ``dataset.load_log_mel(index)`` when the dataset
-    has it (no frames decoded), else from ``dataset[index]["log_mel"]``.
+    The partner's log-mel comes from ``dataset.load_log_mel(index)`` when the dataset has it (no frames
+    decoded), else from ``dataset[index]["log_mel"]``.
     """
 
     def __init__(self, dataset: Dataset, mode: str, seed: int = 0):
@@ -76,26 +75,22 @@ class AudioCounterfactual(Dataset):
             raise ConfigError(f"key 'eval.audio': '{mode}' is not one of {', '.join(AUDIO_MODES)}")
         self.dataset = dataset
         self.mode = mode
+        self.seed = seed
         self.partners = shuffle_partners(len(dataset), seed) if mode == "shuffle" else None
+        if mode == "offscreen":
+            self.partners = offscreen_partners(clip_categories(dataset), seed)
         self._silence: Dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _log_mel(self, index: int) -> torch.Tensor:
-        loader = getattr(self.dataset, "load_log_mel", None)
-        return loader(index) if callable(loader) else self.dataset[index]["log_mel"]
-
     def __getitem__(self, index: int) -> Dict[str, Any]:
         item = dict(self.dataset[index])
         num_examples = item["log_mel"].shape[0]
-        if self.mode == "shuffle":
-            log_mel = self._log_mel(int(self.partners[index]))
-            if log_mel.shape[0] != num_examples:  # clips of other lengths: AVSBench's repeat/trim rule
-                from avseg.audio import pad_examples
-
-                log_mel = pad_examples(log_mel, num_examples)[:num_examples]
-            item["log_mel"] = log_mel
+        if self.partners is not None:
+            item["log_mel"] = clip_log_mel(self.dataset, int(self.partners[index]), num_examples)
+        elif self.mode == "noise":
+            item["log_mel"] = noise_log_mel(num_examples, self.seed, index)
         else:
             if num_examples not in self._silence:
                 self._silence[num_examples] = silent_log_mel(num_examples)
@@ -120,6 +115,7 @@ class ClipScores:
     category: str
     frames: np.ndarray
     scores: M.FrameScores
+    sounding: Optional[np.ndarray] = None  # [M] fraction of each scored frame's pixels predicted sounding
 
 
 def _nan_to_none(value: float) -> Optional[float]:
@@ -151,6 +147,8 @@ class EvalResult:
             "miou_batch_independent": M.BATCH_INDEPENDENT_MIOU_LABEL,
             f"{f_key}_batch_independent": M.BATCH_INDEPENDENT_F_LABEL,
         }
+        if "fpr" in self.metrics:
+            labels["fpr"] = robust.FPR_LABEL
         if self.fscore_from_binary:
             labels["note"] = "F computed on binarised predictions (no threshold bins saved): not the official F"
         return labels
@@ -268,7 +266,8 @@ class _Collector:
         """One clip: ``valid`` ``[T]`` bool, ``foreground``/``gt`` bool and ``bins`` uint8 ``[T, H, W]``."""
         scored = np.flatnonzero(valid)
         scores = M.scores_from_predictions(foreground[scored], bins[scored], gt[scored])
-        self.clips.append(ClipScores(int(index), str(video_id), str(category), scored, scores))
+        sounding = robust.sounding_fraction(foreground[scored])
+        self.clips.append(ClipScores(int(index), str(video_id), str(category), scored, scores, sounding))
         if self.keep_predictions:
             for t in range(foreground.shape[0]):
                 self.predictions.append(
@@ -328,7 +327,14 @@ class AVSBenchEvaluator:
 
     @classmethod
     def from_config(cls, cfg, out_dir: Optional[str] = None, **overrides) -> "AVSBenchEvaluator":
-        """Settings from ``cfg.eval`` (progress bar: ``cfg.train.progress``); files only when ``out_dir`` is given."""
+        """Settings from ``cfg.eval`` (progress bar: ``cfg.train.progress``); files only when ``out_dir`` is given.
+
+        ``data.task`` avss gives the semantic evaluator instead (:class:`~avseg.evaluation.semantic_metrics.AVSSEvaluator`).
+        """
+        if cfg.data.task == "avss":
+            from avseg.evaluation.semantic_metrics import AVSSEvaluator
+
+            return AVSSEvaluator.from_config(cfg, out_dir=out_dir, **overrides)
         options = dict(
             batch_clips=cfg.eval.batch_size,
             out_dir=out_dir,
@@ -473,6 +479,8 @@ class AVSBenchEvaluator:
         ordered = [clips[i] for i in sorted(clips)]
         seconds = max(all_gather_objects(seconds))
         metrics = summarize(ordered, self.batch_clips, fscore_from_binary)
+        if audio in robust.NEGATIVE_MODES:
+            metrics["fpr"] = robust.false_positive_rate(ordered)
         result = EvalResult(metrics, ordered, self.batch_clips, audio, fscore_from_binary, seconds)
         predictions = gather_to_main(collector.predictions) if collector.keep_predictions else None
         visuals = gather_to_main(collector.visuals) if collector.vis_indices else None
@@ -519,6 +527,10 @@ def write_metrics_json(path, results: Sequence[EvalResult], meta: Dict[str, Any]
 
 def format_table(results: Sequence[EvalResult]) -> str:
     """A small Markdown table of the metrics per audio mode, plus the per-category table when there is one."""
+    if results and getattr(results[0], "task", None) == "avss":
+        from avseg.evaluation.semantic_metrics import format_avss_table
+
+        return format_avss_table(results)
     lines = []
     for result in results:
         f_key = "fscore_binary" if result.fscore_from_binary else "fscore"

@@ -16,6 +16,9 @@ The sidecar ``*.fbins.npz`` holds, per annotation in order, the zlib-compressed 
 (``data``: all byte strings concatenated, ``offsets``: ``[num_annotations + 1]`` int64). With the
 sidecar, scoring saved predictions reproduces the model's official F exactly; without it, F can only
 be computed on the binary masks (reported as ``fscore_binary``, not comparable with the official F).
+
+Semantic (AVSS) class maps are stored as one RLE per class present: :func:`encode_class_map` /
+:func:`decode_class_map`.
 """
 from __future__ import annotations
 
@@ -46,6 +49,49 @@ def decode_mask(rle: Dict[str, Any]) -> np.ndarray:
     counts = rle["counts"]
     encoded = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     return coco_mask.decode(encoded).astype(bool)
+
+
+def encode_class_map(classes: np.ndarray, names: Optional[Sequence[str]] = None, background: int = 0) -> List[Dict[str, Any]]:
+    """Class map (integer ``[H, W]``) → one COCO RLE per class present, background left out, in class order.
+
+    Each entry is ``{"class": c, "segmentation": {"size": [H, W], "counts": str}}``, plus ``"name"`` when
+    ``names`` (indexed by class) is given.
+    """
+    classes = np.asarray(classes)
+    if classes.ndim != 2 or not np.issubdtype(classes.dtype, np.integer):
+        raise ValueError(f"classes must be an integer class map [H, W], got {classes.dtype} {list(classes.shape)}")
+    entries = []
+    for index in np.unique(classes):
+        if index == background:
+            continue
+        entry: Dict[str, Any] = {"class": int(index)}
+        if names is not None:
+            if not 0 <= index < len(names):
+                raise ValueError(f"class {int(index)} has no name (names holds {len(names)} classes)")
+            entry["name"] = str(names[index])
+        entry["segmentation"] = encode_mask(classes == index)
+        entries.append(entry)
+    return entries
+
+
+def decode_class_map(entries: Sequence[Dict[str, Any]], size: Sequence[int], background: int = 0) -> np.ndarray:
+    """Inverse of :func:`encode_class_map`: int64 ``[H, W]`` class map of ``size`` ``(H, W)``.
+
+    Pixels no entry covers are ``background``; an entry of another size, or two entries that overlap,
+    raise ``ValueError`` (the per-class masks of one class map are disjoint).
+    """
+    height, width = (int(s) for s in size)
+    classes = np.full((height, width), background, dtype=np.int64)
+    covered = np.zeros((height, width), dtype=bool)
+    for entry in entries:
+        mask = decode_mask(entry["segmentation"])
+        if mask.shape != (height, width):
+            raise ValueError(f"class {entry['class']}: RLE of size {list(mask.shape)}, expected {[height, width]}")
+        if (covered & mask).any():
+            raise ValueError(f"class {entry['class']}: its mask overlaps another class's mask")
+        classes[mask] = int(entry["class"])
+        covered |= mask
+    return classes
 
 
 def pack_bins(bins: np.ndarray) -> bytes:

@@ -3,7 +3,8 @@
 :func:`resolve_source` turns the command's choice into an :class:`EvalSource` (the config, and a model
 to build or the predictions to score); :func:`evaluate_source` evaluates it on one split (AVS models with
 every audio mode, image AE/VAE models with their own evaluator, the model kind from the registry) and
-writes ``metrics.json`` with the evaluator's per-mode files into the run folder. Under ``torchrun``
+writes ``metrics.json`` with the evaluator's per-mode files into the run folder (with a ``robust``
+section when negative audio modes were evaluated). Under ``torchrun``
 every rank calls it and rank 0 writes.
 """
 from __future__ import annotations
@@ -133,6 +134,7 @@ def evaluate_source(source: EvalSource, modes: Sequence[str], out: Optional[str]
     from avseg.engine.run_setup import get_logger, make_run_dir, setup_logging
     from avseg.evaluation import AVSBenchEvaluator, format_table, write_metrics_json
     from avseg.evaluation.audio_modes import evaluate_audio_modes
+    from avseg.evaluation.robust import format_robust_table, robust_section
     from avseg.models import registry
 
     cfg, split = source.cfg, source.cfg.eval.split
@@ -158,8 +160,12 @@ def evaluate_source(source: EvalSource, modes: Sequence[str], out: Optional[str]
                 return run_dir
             results = evaluate_audio_modes(model, cfg, split, modes, ctx, run_dir, meta)
         if ctx.is_main:
-            write_metrics_json(run_dir / "metrics.json", results, {**meta, "batch_clips": cfg.eval.batch_size})
+            write_metrics_json(run_dir / "metrics.json", results,
+                               {**meta, "batch_clips": cfg.eval.batch_size, **robust_section(results)})
             print(format_table(results))
+            robust_table = format_robust_table(results)
+            if robust_table:
+                print("\n" + robust_table)
             get_logger().info(f"wrote {run_dir / 'metrics.json'}")
         barrier()
         return run_dir

@@ -20,21 +20,38 @@ it is predicted background everywhere and (with its all-background padded label)
 one frame to class 0. :class:`AVSSMetric` keeps two sets of sums:
 
 * ``official``: every frame; frames marked ``frame_valid = False`` are scored as predicted background
-  (what the official model's zero logits give), whatever logits are passed for them;
-* ``real_frames``: padded frames skipped (``frame_valid = False`` frames add nothing).
+  (what the official model's zero logits give), whatever logits are passed for them; real frames
+  without an annotation (``mask_valid = False``, their label is the all-background padding) are scored
+  against that padding, as the official code does;
+* ``real_frames``: only real, annotated frames (``frame_valid`` and ``mask_valid``); padded frames add
+  nothing.
 
 Arg-max ties: the official takes ``argmax(softmax(logits))``; softmax is monotonic, so this is the
 first maximal logit except where two logits differ by less than float32 rounding of the softmax (the
-official then keeps the lower index). Here the arg-max is the first maximal logit; a pixel whose
-largest logit is NaN or +inf gets class 0, as the official softmax turns such a pixel into NaNs.
+official then keeps the lower index). Here the arg-max is the first maximal logit; a pixel with a NaN
+logit or an infinite maximum gets class 0, as the official softmax turns such a pixel into NaNs.
+
+Speed: one ``max_pool2d`` pass gives the arg-max of every pixel (:func:`first_max_classes`), and one
+``bincount`` of int32 ``(frame, predicted, labelled)`` keys every frame's confusion counts; both
+variants come from the same per-frame scores.
 
 The sums are float64 (the official accumulates in float32; the difference is far below 1e-6). They
 are additive: :meth:`AVSSMetric.state` gives one ``[2, 3, C]`` tensor that can be all-reduced (summed)
 across processes and loaded back with :meth:`AVSSMetric.load_state`.
+
+:class:`AVSSEvaluator` runs a model over a loader of AVSS clips (``labels`` ``[B, T, H, W]``,
+``frame_valid`` and ``mask_valid`` ``[B, T]``, logits ``[B, T, C, H, W]``), all-reduces the sums under
+``torch.distributed`` and writes the per-class CSV (:data:`PER_CLASS_FIELDS`); ``tools/eval.py`` uses it
+for configs with ``data.task: avss`` and prints both variants (:func:`format_avss_table`).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple, Union
+import csv
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -52,68 +69,43 @@ VARIANT_LABELS = {
 IOU_SUM, FSCORE_SUM, CLASS_FRAMES = 0, 1, 2
 STATE_ROWS = 3
 
-# first_max_classes packs "which channels reach the maximum" into one float per pixel: channel c weighs
-# 2**(K - 2c), so the sum's binary exponent names the first maximal channel (later ones add < 1/3 of
-# the first one's weight, which cannot carry into the next exponent). float32 keeps the weights normal
-# for C <= 127; more classes fall back to torch.argmax.
-MAX_PACKED_CLASSES = 127
-PIXELS_PER_BLOCK = 8192  # pixels per block: one frame's [C, 8192] logits (2.3 MB) stay in the last-level cache
-
 TensorLike = Union[torch.Tensor, np.ndarray]
-
-
-_FLOAT_LAYOUT = {torch.float32: (torch.int32, 23, 127), torch.float64: (torch.int64, 52, 1023)}  # bits, mantissa, bias
-
-
-def _packing_exponent(num_classes: int) -> int:
-    """Odd ``K >= C - 1``: channel ``c`` weighs ``2**(K - 2c)``, so ``biased exponent >> 1`` is ``const - c``."""
-    return (num_classes - 1) | 1
-
-
-def _packing_weights(num_classes: int, dtype: torch.dtype) -> torch.Tensor:
-    exponents = _packing_exponent(num_classes) - 2 * torch.arange(num_classes, dtype=torch.float64)
-    return torch.pow(2.0, exponents).to(dtype).view(1, num_classes)
 
 
 def first_max_classes(logits: torch.Tensor) -> torch.Tensor:
     """Index of the first maximal logit per pixel: ``[N, C, H, W]`` → int64 ``[N, H, W]`` (on the CPU).
 
-    On the CPU a blocked, cache-resident pass (maximum, equality, one matrix product per block) that
-    is several times faster than ``torch.argmax(dim=1)``; elsewhere ``torch.argmax``. Pixels whose
-    largest logit is NaN or +inf get class 0 on the CPU (the official softmax makes them NaN).
+    Equals ``torch.argmax(logits, dim=1)`` (ties → the lowest index), except that a pixel with a NaN
+    logit or an infinite maximum gets class 0, as the official softmax turns such a pixel into NaNs.
     """
-    return _first_max_classes(logits).long().cpu()
+    return _first_max_classes(logits).cpu()
 
 
 def _first_max_classes(logits: torch.Tensor) -> torch.Tensor:
-    """:func:`first_max_classes` as int32 on the CPU path (int64 from ``torch.argmax`` elsewhere)."""
+    """:func:`first_max_classes` on the logits' device.
+
+    On the CPU one pass of ``max_pool2d(return_indices=True)`` over the class axis, seen as the width of
+    a channels-last ``[N, H·W, 1, C]`` view (no copy): the pooling kernel keeps a running maximum and its
+    index for all pixels at once (a strict ``>``, so the first maximum wins), several times faster than
+    ``torch.argmax(dim=1)``, whose reduction runs across the strided class axis.
+    """
     if logits.ndim != 4:
         raise ValueError(f"logits must be [N, C, H, W], got {list(logits.shape)}")
     num_frames, num_classes, height, width = logits.shape
-    if logits.device.type != "cpu" or num_classes > MAX_PACKED_CLASSES or logits.numel() == 0:
-        return logits.argmax(dim=1)
-    work_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    num_pixels = height * width
-    flat = logits.detach().reshape(num_frames, num_classes, num_pixels)
-    weights = _packing_weights(num_classes, work_dtype)
-    block = min(PIXELS_PER_BLOCK, num_pixels)
-    hits = torch.empty(num_classes, block, dtype=work_dtype)
-    tops = torch.empty(num_frames, 1, num_pixels, dtype=work_dtype)
-    packed = torch.empty(num_frames, 1, num_pixels, dtype=work_dtype)
-    for frame in range(num_frames):
-        for start in range(0, num_pixels, block):
-            stop = min(start + block, num_pixels)
-            values = flat[frame, :, start:stop].to(work_dtype)  # [C, block]
-            top = tops[frame, :, start:stop]
-            torch.amax(values, dim=0, keepdim=True, out=top)
-            block_hits = hits[:, : stop - start]
-            torch.eq(values, top, out=block_hits)
-            torch.mm(weights, block_hits, out=packed[frame, :, start:stop])
-    bits_dtype, mantissa_bits, bias = _FLOAT_LAYOUT[work_dtype]
-    first_class = (bias + _packing_exponent(num_classes)) // 2
-    classes = torch.bitwise_right_shift(packed.view(bits_dtype), mantissa_bits + 1).neg_().add_(first_class)
-    classes.masked_fill_(~torch.isfinite(tops), 0)
-    return classes.to(torch.int32).view(num_frames, height, width)
+    logits = logits.detach()
+    if logits.numel() == 0:
+        return torch.zeros(num_frames, height, width, dtype=torch.long, device=logits.device)
+    if logits.device.type != "cpu":
+        top, classes = logits.max(dim=1)
+    else:
+        if logits.dtype not in (torch.float32, torch.float64):
+            logits = logits.float()
+        pixels_as_channels = logits.reshape(num_frames, num_classes, height * width).transpose(1, 2).unsqueeze(2)
+        top, classes = torch.nn.functional.max_pool2d(pixels_as_channels, kernel_size=(1, num_classes), return_indices=True)
+    classes = classes.view(num_frames, height, width)
+    if not bool(torch.isfinite(torch.stack(torch.aminmax(top))).all()):  # one cheap pass decides
+        classes.masked_fill_(~torch.isfinite(top.view(num_frames, height, width)), 0)
+    return classes
 
 
 def _valid_runs(frame_valid: torch.Tensor) -> List[Tuple[int, int]]:
@@ -167,8 +159,8 @@ def _as_tensor(value: TensorLike) -> torch.Tensor:
 class AVSSMetric:
     """Dataset-level AVSS mIoU and F-score, accumulated batch by batch (see the module docstring).
 
-    ``update(logits [N, C, H, W], labels [N, H, W] int64, frame_valid [N] bool = None)`` per batch;
-    ``compute(variant)`` → ``{"miou", "fscore", "miou_no_last_class", "fscore_no_last_class",
+    ``update(logits [N, C, H, W], labels [N, H, W] int64, frame_valid [N] = None, mask_valid [N] = None)``
+    per batch (one pass fills both variants); ``compute(variant)`` → ``{"miou", "fscore", "miou_no_last_class", "fscore_no_last_class",
     "per_class_iou" [C], "per_class_fscore" [C], "class_frames" [C]}``.
     """
 
@@ -181,36 +173,48 @@ class AVSSMetric:
     def reset(self) -> None:
         self._sums.zero_()
 
-    def update(self, logits: TensorLike, labels: TensorLike, frame_valid: Optional[TensorLike] = None) -> None:
-        """Add one batch: ``logits`` ``[N, C, H, W]``, ``labels`` ``[N, H, W]`` (0..C-1), ``frame_valid`` ``[N]``.
+    def update(self, logits: TensorLike, labels: TensorLike, frame_valid: Optional[TensorLike] = None,
+               mask_valid: Optional[TensorLike] = None) -> torch.Tensor:
+        """Add one batch: ``logits`` ``[N, C, H, W]``, ``labels`` ``[N, H, W]`` (0..C-1), flags ``[N]``.
 
-        The arg-max is only computed for valid frames (padded frames are predicted background).
+        ``frame_valid``: real (not padded) frames; ``mask_valid``: annotated frames (None: all).
+        The arg-max is only computed for real frames (padded frames are predicted background).
+        Returns the scored class maps, int64 ``[N, H, W]`` on the CPU (0 on padded frames).
         """
         logits = _as_tensor(logits)
         if logits.ndim != 4 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must be [N, {self.num_classes}, H, W], got {list(logits.shape)}")
-        valid = self._frame_valid(frame_valid, logits.shape[0])
+        real = self._flags(frame_valid, logits.shape[0], "frame_valid")
         labels = self._checked_classes(labels, "labels", torch.Size([logits.shape[0], *logits.shape[2:]]))
-        predicted = torch.zeros(labels.shape, dtype=torch.int32)
-        for start, stop in _valid_runs(valid):
-            predicted[start:stop] = _first_max_classes(logits[start:stop]).cpu()
-        self._accumulate(predicted, labels, valid)
+        runs = _valid_runs(real)
+        if runs == [(0, logits.shape[0])]:
+            predicted = _first_max_classes(logits).cpu()
+        else:
+            predicted = torch.zeros(labels.shape, dtype=torch.long)
+            for start, stop in runs:
+                predicted[start:stop] = _first_max_classes(logits[start:stop]).cpu()
+        self._accumulate(predicted, labels, real & self._flags(mask_valid, logits.shape[0], "mask_valid"))
+        return predicted
 
-    def update_classes(self, predicted: TensorLike, labels: TensorLike, frame_valid: Optional[TensorLike] = None) -> None:
+    def update_classes(self, predicted: TensorLike, labels: TensorLike, frame_valid: Optional[TensorLike] = None,
+                       mask_valid: Optional[TensorLike] = None) -> None:
         """Add one batch of predicted class maps ``[N, H, W]`` (e.g. an arg-max taken on the GPU).
 
         Frames with ``frame_valid = False`` are scored as predicted background in the official sums
-        (their ``predicted`` entries are ignored) and skipped in the real-frames sums.
+        (their ``predicted`` entries are ignored); the real-frames sums take the frames that are real and
+        annotated (``mask_valid``, None: all).
         """
         predicted = self._checked_classes(predicted, "predictions")
         labels = self._checked_classes(labels, "labels", predicted.shape)
-        valid = self._frame_valid(frame_valid, predicted.shape[0])
-        self._accumulate(predicted.masked_fill(~valid.view(-1, 1, 1), 0), labels, valid)
+        real = self._flags(frame_valid, predicted.shape[0], "frame_valid")
+        scored = real & self._flags(mask_valid, predicted.shape[0], "mask_valid")
+        self._accumulate(predicted.masked_fill(~real.view(-1, 1, 1), 0), labels, scored)
 
-    def _accumulate(self, predicted: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> None:
+    def _accumulate(self, predicted: torch.Tensor, labels: torch.Tensor, scored: torch.Tensor) -> None:
+        """Official sums over every frame, real-frames sums over the ``scored`` ``[N]`` frames."""
         scores = frame_scores(frame_class_counts(predicted, labels, self.num_classes))  # [N, 3, C]
         self._sums[VARIANTS.index(OFFICIAL)] += scores.sum(dim=0)
-        self._sums[VARIANTS.index(REAL_FRAMES)] += scores[valid].sum(dim=0)
+        self._sums[VARIANTS.index(REAL_FRAMES)] += scores[scored].sum(dim=0)
 
     def _checked_classes(self, classes: TensorLike, name: str, shape: Optional[torch.Size] = None) -> torch.Tensor:
         """Integer ``[N, H, W]`` class maps in ``0..C-1`` (of ``shape`` when given), on the CPU."""
@@ -227,12 +231,13 @@ class AVSSMetric:
         return classes
 
     @staticmethod
-    def _frame_valid(frame_valid: Optional[TensorLike], num_frames: int) -> torch.Tensor:
-        if frame_valid is None:
+    def _flags(flags: Optional[TensorLike], num_frames: int, name: str) -> torch.Tensor:
+        """Bool ``[N]`` from per-frame flags (any shape with ``N`` entries); None → all True."""
+        if flags is None:
             return torch.ones(num_frames, dtype=torch.bool)
-        valid = _as_tensor(frame_valid).detach().cpu().reshape(-1)
+        valid = _as_tensor(flags).detach().cpu().reshape(-1)
         if valid.shape[0] != num_frames:
-            raise ValueError(f"frame_valid must have one entry per frame ({num_frames}), got {valid.shape[0]}")
+            raise ValueError(f"{name} must have one entry per frame ({num_frames}), got {valid.shape[0]}")
         return valid.bool()
 
     def state(self) -> torch.Tensor:
@@ -271,13 +276,269 @@ class AVSSMetric:
         }
 
 
+# ----------------------------------------------------------------------------- dataset-level evaluation
+AVSS_TASK = "avss"
+PER_CLASS_FIELDS = ("class_index", "class_name", "iou", "fscore", "frames_present",
+                    "iou_real_frames", "fscore_real_frames", "frames_present_real_frames")
+
+
+@dataclass
+class AVSSClip:
+    """One evaluated clip of ``frames`` frames (padding included): ``sounding`` ``[M]`` is the fraction of
+    non-background pixels predicted on each of its ``M`` real, annotated frames."""
+
+    index: int
+    video_id: str
+    category: str
+    frames: int
+    sounding: np.ndarray
+
+
+@dataclass
+class AVSSResult:
+    """One AVSS evaluation: flat ``metrics`` (official ``miou``/``fscore``, ``*_real_frames``), and per variant
+    the :meth:`AVSSMetric.compute` dictionaries in ``variants``. Shaped like ``EvalResult`` where the
+    evaluation pipeline reads it (``audio``, ``metrics``, ``clips`` with ``sounding``, ``summary()``)."""
+
+    metrics: Dict[str, float]
+    variants: Dict[str, Dict[str, object]]
+    class_names: List[str]
+    clips: List[AVSSClip]
+    batch_clips: int
+    audio: str = "normal"
+    seconds: float = 0.0
+    files: Dict[str, str] = field(default_factory=dict)
+    task: str = AVSS_TASK
+    fscore_from_binary: bool = False
+
+    @property
+    def num_frames(self) -> int:
+        """Frames in the official sums (every frame, padding included)."""
+        return sum(clip.frames for clip in self.clips)
+
+    @property
+    def num_real_frames(self) -> int:
+        """Frames in the real-frames sums."""
+        return sum(len(clip.sounding) for clip in self.clips)
+
+    def labels(self) -> Dict[str, str]:
+        labels = {"miou": VARIANT_LABELS[OFFICIAL], "fscore": VARIANT_LABELS[OFFICIAL],
+                  "miou_real_frames": VARIANT_LABELS[REAL_FRAMES], "fscore_real_frames": VARIANT_LABELS[REAL_FRAMES],
+                  "miou_no_last_class": "official miou_noBg: mean over classes 0..C-2 (drops the last class, not background)"}
+        if "fpr" in self.metrics:
+            from avseg.evaluation.robust import FPR_LABEL
+
+            labels["fpr"] = FPR_LABEL
+        return labels
+
+    def per_class(self) -> List[Dict[str, object]]:
+        """One row per class (:data:`PER_CLASS_FIELDS`): index, name, IoU, F, frames where it is in prediction ∪ GT."""
+        official, real = self.variants[OFFICIAL], self.variants[REAL_FRAMES]
+        return [
+            dict(zip(PER_CLASS_FIELDS, (c, name, float(official["per_class_iou"][c]), float(official["per_class_fscore"][c]),
+                                        int(official["class_frames"][c]), float(real["per_class_iou"][c]),
+                                        float(real["per_class_fscore"][c]), int(real["class_frames"][c]))))
+            for c, name in enumerate(self.class_names)
+        ]
+
+    def write_per_class_csv(self, path) -> None:
+        from avseg.fileio import atomic_write_text
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(PER_CLASS_FIELDS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.per_class())
+        atomic_write_text(path, buffer.getvalue())
+
+    def summary(self) -> Dict[str, object]:
+        """The JSON-ready record of this evaluation (one audio mode of ``metrics.json``)."""
+        return {"audio": self.audio, "task": self.task, "metrics": self.metrics, "labels": self.labels(),
+                "clips": len(self.clips), "frames": self.num_frames, "real_frames": self.num_real_frames, "seconds": round(self.seconds, 3),
+                "per_class": self.per_class(), "files": self.files}
+
+
+def _class_names(dataset, num_classes: int) -> List[str]:
+    """``dataset.class_names`` (through wrappers with ``.dataset``), else ``class_<i>``; checked against ``num_classes``."""
+    while dataset is not None and getattr(dataset, "class_names", None) is None:
+        dataset = getattr(dataset, "dataset", None)
+    names = list(getattr(dataset, "class_names", None) or [f"class_{c}" for c in range(num_classes)])
+    if len(names) != num_classes:
+        raise ValueError(f"the dataset names {len(names)} classes (label2idx.json), the model predicts {num_classes}")
+    return names
+
+
+class AVSSEvaluator:
+    """AVSS mIoU and F (official and real-frames variants) over a loader of clips, exact under DDP.
+
+    ``run(model, loader, device)`` feeds every batch's logits ``[B, T, C, H, W]``, ``labels`` ``[B, T, H, W]``,
+    ``frame_valid`` and ``mask_valid`` ``[B, T]`` to one :class:`AVSSMetric`; under ``torch.distributed``
+    the per-class sums are all-reduced (summed: exact, the evaluation loader repeats no clip), so every
+    rank holds the single-process result. ``out_dir`` (rank 0): ``per_class[_<audio>].csv``.
+    """
+
+    primary_metric = "miou"
+    higher_is_better = True
+
+    def __init__(self, num_classes: int = 71, batch_clips: int = 4, out_dir: Optional[str] = None,
+                 progress: bool = True, meta: Optional[Dict[str, object]] = None):
+        self.num_classes = int(num_classes)
+        self.batch_clips = int(batch_clips)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self.meta = dict(meta or {})
+
+    @classmethod
+    def from_config(cls, cfg, out_dir: Optional[str] = None, **overrides) -> "AVSSEvaluator":
+        """``model.num_classes``, ``eval.batch_size``, progress bar ``train.progress``. The binary evaluator's
+        files are not written: ``eval.save_masks`` / ``eval.save_rle`` with an ``out_dir`` are an error, the
+        qualitative grid (``num_vis``) is skipped."""
+        from avseg.errors import ConfigError
+
+        if cfg.model.num_classes < 2:
+            raise ConfigError(f"data.task '{AVSS_TASK}' needs a semantic model: model.num_classes is {cfg.model.num_classes}, "
+                              "expected 71 (e.g. configs/avss.yaml)")
+        wants_files = [key for key in ("save_masks", "save_rle") if overrides.get(key, cfg.eval[key])]
+        if out_dir is not None and wants_files:
+            raise ConfigError(f"eval.{wants_files[0]} (--{wants_files[0].replace('_', '-')}) writes binary masks; "
+                              f"data.task '{AVSS_TASK}' writes per_class.csv instead")
+        options = dict(num_classes=cfg.model.num_classes, batch_clips=cfg.eval.batch_size, out_dir=out_dir,
+                       progress=bool(cfg.train.progress))
+        options.update({key: value for key, value in overrides.items() if key in ("progress", "meta", "batch_clips")})
+        return cls(**options)
+
+    def evaluate(self, model, loader, device) -> Dict[str, float]:
+        """Flat metrics (the trainer's protocol): ``miou``, ``fscore`` (official) and ``*_real_frames``."""
+        return self.run(model, loader, device).metrics
+
+    def run(self, model, loader, device) -> AVSSResult:
+        """Evaluate ``model`` on every clip of ``loader``; write the per-class CSV to ``out_dir`` when set."""
+        from avseg.engine.distributed import all_gather_objects, all_reduce_sum, get_rank, is_distributed, unwrap_model
+        from avseg.errors import ConfigError
+        from avseg.evaluation.evaluator import AudioCounterfactual, inference_keys, loader_indices
+
+        device = torch.device(device)
+        model = unwrap_model(model)
+        input_keys = inference_keys(model)
+        indices = loader_indices(loader)
+        audio = loader.dataset.mode if isinstance(loader.dataset, AudioCounterfactual) else "normal"
+        class_names = _class_names(loader.dataset, self.num_classes)
+        metric = AVSSMetric(self.num_classes)
+        clips: List[AVSSClip] = []
+        was_training = model.training
+        model.eval()
+        start, position = time.perf_counter(), 0
+        try:
+            with torch.no_grad():
+                for batch in self._progress(loader, get_rank()):
+                    missing = [key for key in (*input_keys, "labels", "frame_valid") if key not in batch]
+                    if missing:
+                        raise ConfigError(f"the AVSS evaluation needs batch entries {missing}, which the dataset items lack")
+                    logits = model(**{key: batch[key].to(device, non_blocking=True) for key in input_keys})["logits"]
+                    batch_indices = indices[position : position + logits.shape[0]]
+                    position += logits.shape[0]
+                    clips += self._add_batch(metric, batch, batch_indices, logits)
+        finally:
+            model.train(was_training)
+        if position != len(indices):
+            raise RuntimeError(f"the loader yielded {position} clips but its sampler lists {len(indices)}")
+        if is_distributed():
+            reduced = all_reduce_sum(metric.state().to(device))  # float64 sums of integers and of per-frame scores
+            metric.load_state(reduced.cpu())
+            clips = [clip for part in all_gather_objects(clips) for clip in part]
+            seconds = max(all_gather_objects(time.perf_counter() - start))
+        else:
+            seconds = time.perf_counter() - start
+        clips.sort(key=lambda clip: clip.index)
+        return self._finish(metric, class_names, clips, audio, seconds)
+
+    def score_predictions(self, predictions, dataset, num_workers: int = 0):
+        """Saved predictions (``preds.json``) hold binary masks: an AVSS evaluation needs the model."""
+        from avseg.errors import ConfigError
+
+        raise ConfigError(f"{predictions.path}: saved predictions are binary masks; evaluate an AVSS model "
+                          "with --ckpt or --load instead of --preds")
+
+    def _add_batch(self, metric: AVSSMetric, batch, batch_indices: List[int], logits: torch.Tensor) -> List[AVSSClip]:
+        labels = batch["labels"]
+        if logits.dim() != 5 or logits.shape[:2] != labels.shape[:2] or logits.shape[3:] != labels.shape[2:]:
+            raise ValueError(f"the model's logits have shape {tuple(logits.shape)}; expected [B, T, C, H, W] matching "
+                             f"the labels {tuple(labels.shape)}")
+        frames, clip_frames = logits.shape[0] * logits.shape[1], int(logits.shape[1])
+        frame_valid = batch["frame_valid"].reshape(-1).bool().cpu()
+        mask_valid = batch["mask_valid"].reshape(-1).bool().cpu() if "mask_valid" in batch else torch.ones(frames, dtype=torch.bool)
+        predicted = metric.update(logits.flatten(0, 1), labels.flatten(0, 1), frame_valid, mask_valid)
+        sounding = (predicted != 0).flatten(1).double().mean(dim=1)[frame_valid & mask_valid].numpy()
+        scored = (frame_valid & mask_valid).view(-1, clip_frames).sum(dim=1).tolist()
+        bounds = np.cumsum([0] + scored)
+        categories = batch.get("category", [""] * len(batch_indices))
+        return [AVSSClip(int(index), str(batch["video_id"][b]), str(categories[b]), clip_frames, sounding[bounds[b]:bounds[b + 1]])
+                for b, index in enumerate(batch_indices)]
+
+    def _progress(self, iterable, rank: int):
+        if not self.progress or rank != 0:
+            return iterable
+        from tqdm import tqdm
+
+        return tqdm(iterable, desc="eval avss", unit="batch", leave=False, dynamic_ncols=True)
+
+    def _finish(self, metric: AVSSMetric, class_names: List[str], clips: List[AVSSClip], audio: str, seconds: float) -> AVSSResult:
+        from avseg.engine.distributed import get_rank
+        from avseg.evaluation import robust
+
+        variants = {variant: metric.compute(variant) for variant in VARIANTS}
+        official, real = variants[OFFICIAL], variants[REAL_FRAMES]
+        metrics = {"miou": official["miou"], "fscore": official["fscore"],
+                   "miou_real_frames": real["miou"], "fscore_real_frames": real["fscore"],
+                   "miou_no_last_class": official["miou_no_last_class"], "fscore_no_last_class": official["fscore_no_last_class"]}
+        if audio in robust.NEGATIVE_MODES:
+            metrics["fpr"] = robust.false_positive_rate(clips)
+        result = AVSSResult(metrics, variants, class_names, clips, self.batch_clips, audio, seconds)
+        if self.out_dir is not None and get_rank() == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            path = self.out_dir / ("per_class.csv" if audio == "normal" else f"per_class_{audio}.csv")
+            result.write_per_class_csv(path)
+            result.files["per_class"] = path.name
+        return result
+
+
+def format_avss_table(results: Sequence[AVSSResult]) -> str:
+    """Markdown: per audio mode both variants' mIoU and F, then the first result's classes that occur."""
+    lines = [
+        "| audio | mIoU official | F official | mIoU real frames | F real frames | clips | frames (official) | frames (real) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        m = result.metrics
+        lines.append(f"| {result.audio} | {m['miou']:.4f} | {m['fscore']:.4f} | {m['miou_real_frames']:.4f} | "
+                     f"{m['fscore_real_frames']:.4f} | {len(result.clips)} | {result.num_frames} | {result.num_real_frames} |")
+    lines += ["", f"mIoU / F official = {VARIANT_LABELS[OFFICIAL]}: mean over all classes, never-seen classes count 0.",
+              f"mIoU / F real frames = {VARIANT_LABELS[REAL_FRAMES]}: annotated frames only, same formulas."]
+    if results:
+        first = results[0]
+        lines += ["", f"per class (audio={first.audio}; classes predicted or labelled somewhere; all in the per-class CSV):",
+                  "| class | name | IoU | F | frames | IoU real frames | F real frames | frames (real) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in first.per_class():
+            if row["frames_present"] or row["frames_present_real_frames"]:
+                lines.append(f"| {row['class_index']} | {row['class_name']} | {row['iou']:.4f} | {row['fscore']:.4f} | "
+                             f"{row['frames_present']} | {row['iou_real_frames']:.4f} | {row['fscore_real_frames']:.4f} | "
+                             f"{row['frames_present_real_frames']} |")
+    return "\n".join(lines)
+
+
 __all__ = [
+    "AVSSClip",
+    "AVSSEvaluator",
     "AVSSMetric",
+    "AVSSResult",
+    "AVSS_TASK",
+    "PER_CLASS_FIELDS",
     "OFFICIAL",
     "REAL_FRAMES",
     "VARIANTS",
     "VARIANT_LABELS",
     "first_max_classes",
+    "format_avss_table",
     "frame_class_counts",
     "frame_scores",
 ]

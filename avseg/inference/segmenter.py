@@ -15,6 +15,12 @@ itself in slot ``k``), together with the window's ``T`` log-mel examples, comput
 ``[a, a + T)`` by the training front end (AVSBench's repeat rule when the audio runs out).
 Output frames that share a clip (at the video's start and end) share one forward pass.
 
+With the per-frame feature cache (default for TPAVI and ECMVAE, :mod:`avseg.inference.feature_cache`)
+each needed frame goes through the backbone and neck once and each output frame through the decoder
+once, its TPAVI context assembled from the cached terms of its clip's frames; the masks equal those of
+whole clips (``frame_cache=False``) to 1e-5. A semantic model (``num_classes`` C > 1) gives softmax class
+probabilities and class maps (:class:`Prediction`); :meth:`Segmenter.stream` segments a live source.
+
 Example::
 
     from avseg import Segmenter
@@ -28,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -40,9 +47,10 @@ from PIL import Image
 
 from avseg.audio.io import load_audio
 from avseg.audio.vggish_input import MIN_SAMPLES, SAMPLE_RATE, pad_examples, waveform_to_examples
-from avseg.data.avsbench_dataset import SEMANTIC_FRAMES, SEMANTIC_SETS, V1_FRAMES, normalize_frames
+from avseg.data.avsbench_dataset import clip_frames as dataset_clip_frames, normalize_frames
 from avseg.errors import CheckpointError, ConfigError, MediaError
 from avseg.models import registry
+from avseg.inference.feature_cache import ClipJob, FeatureCache, FrameTerms, WindowTerms, unsupported_reason
 from avseg.inference.video import (
     VideoInfo,
     choose_fps,
@@ -76,9 +84,7 @@ def avs_record(name: str, source: str, error: type = ConfigError) -> registry.Mo
 # ----------------------------------------------------------------------------- window schedule
 def clip_seconds_for(cfg: DictConfig) -> int:
     """The clip length T a model was trained on: the number of frames per clip of its dataset."""
-    if cfg.data.layout == "semantic" and cfg.data.task in SEMANTIC_SETS:
-        return SEMANTIC_FRAMES[SEMANTIC_SETS[cfg.data.task]]
-    return V1_FRAMES
+    return dataset_clip_frames(cfg.data.layout, cfg.data.task)
 
 
 def plan_windows(duration: float, clip_seconds: int) -> Tuple[int, np.ndarray]:
@@ -119,11 +125,16 @@ def assign_windows(times: np.ndarray, duration: float, length: int, starts: np.n
 class Prediction:
     """Masks of a video (or clip) at its original size.
 
-    ``timestamps [N]`` (seconds), ``probabilities [N, h, w]`` float32 at the model's resolution,
-    ``frame_size = (H, W)`` of the input. ``masks`` is ``[N, H, W]`` bool: the probabilities resized
-    (bilinear) to the frame size, then ``> threshold``. For long videos use :meth:`mask` per frame.
-    ``windows [N]`` and ``slots [N]`` say which window (``window_starts``, seconds) and position made
-    each mask; ``num_clips`` clips of ``clip_seconds`` frames went through the model.
+    ``timestamps [N]`` (seconds), ``frame_size = (H, W)`` of the input and ``probabilities`` float32 at
+    the model's resolution ``S``: ``[N, S, S]`` foreground probabilities (sigmoid) for a binary model,
+    ``[N, C, S, S]`` class probabilities (softmax over C) for a semantic model (``num_classes = C > 1``).
+    ``masks`` is ``[N, H, W]`` bool: the probabilities resized (bilinear) to the frame size, then
+    ``> threshold`` (binary) or "the most probable class is not 0" (semantic); ``class_maps`` is
+    ``[N, H, W]`` of class indices (uint8 up to 256 classes, else int32): argmax of the resized class
+    probabilities (binary: the mask as 0/1). For long videos use the per-frame :meth:`probability`,
+    :meth:`mask` and :meth:`class_map`. ``windows [N]`` and ``slots [N]`` say which window
+    (``window_starts``, seconds) and position made each mask; ``num_clips`` clip contexts of
+    ``clip_seconds`` frames were assembled, ``frames_encoded`` frames went through the backbone.
     """
 
     timestamps: np.ndarray
@@ -137,35 +148,59 @@ class Prediction:
     clip_seconds: int = 0
     num_clips: int = 0
     silent: bool = False
+    frames_encoded: int = 0
     _masks: Optional[np.ndarray] = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.timestamps)
 
+    @property
+    def num_classes(self) -> int:
+        """1 for a binary model, C for a semantic one."""
+        return 1 if self.probabilities.ndim == 3 else int(self.probabilities.shape[1])
+
     def probability(self, index: int) -> np.ndarray:
-        """Foreground probability of frame ``index`` at the frame size, float32 ``[H, W]``."""
-        height, width = self.frame_size
-        low = self.probabilities[index]
-        if low.shape == (height, width):
-            return low.astype(np.float32, copy=True)
-        tensor = torch.from_numpy(np.ascontiguousarray(low, dtype=np.float32))[None, None]
-        resized = torch.nn.functional.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)
-        return resized[0, 0].numpy()
+        """Probabilities of frame ``index`` at the frame size: float32 ``[H, W]`` (binary) or ``[C, H, W]``."""
+        return resize_probabilities(self.probabilities[index], self.frame_size)
 
     def mask(self, index: int) -> np.ndarray:
-        """Binary mask of frame ``index`` at the frame size, bool ``[H, W]``."""
-        return self.probability(index) > self.threshold
+        """Binary mask of frame ``index`` at the frame size, bool ``[H, W]`` (semantic: any class but 0)."""
+        if self.num_classes == 1:
+            return self.probability(index) > self.threshold
+        return self.class_map(index) != 0
+
+    def class_map(self, index: int) -> np.ndarray:
+        """Class index of every pixel of frame ``index`` at the frame size, ``[H, W]`` (uint8 or int32)."""
+        if self.num_classes == 1:
+            return self.mask(index).astype(np.uint8)
+        return self.probability(index).argmax(axis=0).astype(class_dtype(self.num_classes))
 
     @property
     def masks(self) -> np.ndarray:
         """All masks, bool ``[N, H, W]`` (computed on first access)."""
         if self._masks is None:
-            height, width = self.frame_size
-            stacked = np.zeros((len(self), height, width), dtype=bool)
-            for index in range(len(self)):
-                stacked[index] = self.mask(index)
-            self._masks = stacked
+            self._masks = np.stack([self.mask(index) for index in range(len(self))])
         return self._masks
+
+    @property
+    def class_maps(self) -> np.ndarray:
+        """All class maps ``[N, H, W]`` (uint8 up to 256 classes, else int32)."""
+        return np.stack([self.class_map(index) for index in range(len(self))])
+
+
+def class_dtype(num_classes: int) -> type:
+    """The dtype of class maps: uint8 up to 256 classes, else int32."""
+    return np.uint8 if num_classes <= 256 else np.int32
+
+
+def resize_probabilities(low: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """``[S, S]`` or ``[C, S, S]`` probabilities → float32 ``[H, W]`` / ``[C, H, W]`` (bilinear, as the masks)."""
+    if low.shape[-2:] == tuple(size):
+        return low.astype(np.float32, copy=True)
+    tensor = torch.from_numpy(np.ascontiguousarray(low, dtype=np.float32))
+    tensor = tensor[None, None] if tensor.dim() == 2 else tensor[None]
+    resized = torch.nn.functional.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False)[0]
+    return (resized[0] if low.ndim == 2 else resized).numpy()
 
 
 @dataclass
@@ -187,13 +222,19 @@ class Segmenter:
         model: an AVS model (``forward(frames [B,T,3,H,W], log_mel [B,T,1,96,64]) -> {"logits": [B,T,1,H,W]}``).
         cfg: the model's config (``data.image_size``, ``data.resampler``, ``seed``, dataset clip length).
         device: ``None``/``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``...
-        batch_size: clips per forward pass.
+        batch_size: clips per forward pass (feature cache: batch_size × T frames per backbone/decoder pass).
         threshold: default probability threshold of the masks.
         clip_seconds: the window length T (default: the clip length of the model's dataset).
+        frame_cache: compute each frame's backbone once and decode only the output frame of each clip
+            (:mod:`avseg.inference.feature_cache`); False runs every clip whole. Models the cache does not
+            support (an ONNX runtime, an ECMVAE that samples at test time) always run whole clips.
+
+    A semantic model (logits with C > 1 channels) gives softmax class probabilities, see :class:`Prediction`.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: DictConfig, device: Union[str, torch.device, None] = None,
-                 batch_size: int = 4, threshold: float = 0.5, clip_seconds: Optional[int] = None):
+                 batch_size: int = 4, threshold: float = 0.5, clip_seconds: Optional[int] = None,
+                 frame_cache: bool = True):
         from avseg.engine.run_setup import select_device
 
         if not 0.0 <= threshold <= 1.0:
@@ -208,6 +249,7 @@ class Segmenter:
         self.threshold = float(threshold)
         self.clip_seconds = int(clip_seconds or clip_seconds_for(cfg))
         self.seed = int(cfg.seed)
+        self.cache = FeatureCache(self.model) if frame_cache and unsupported_reason(self.model) is None else None
 
     @classmethod
     def from_checkpoint(cls, path: PathLike, device: Union[str, torch.device, None] = None, runtime: str = "torch",
@@ -324,20 +366,16 @@ class Segmenter:
     # ------------------------------------------------------------------ core
     def predict_media(self, media: "MediaInput", fps: Fraction, threshold: Optional[float] = None,
                       progress: Optional[Callable[[int, int], None]] = None) -> Prediction:
-        """Segment an opened input (:meth:`open_video` / :meth:`open_frames`) at output frame rate ``fps``."""
+        """Segment an opened input (:meth:`open_video` / :meth:`open_frames`) at output frame rate ``fps``.
+
+        ``progress(done, total)`` counts clip contexts (one per distinct clip and slot with the cache).
+        """
         info, waveform = media.info, media.waveform
         times = output_times(info.duration, fps)
         length, starts = plan_windows(info.duration, self.clip_seconds)
         windows, slots = assign_windows(times, info.duration, length, starts)
         clip_times = times[:, None] + (np.arange(length)[None, :] - slots[:, None])  # [N, T]
         clip_frames = frame_indices_at(info.frame_times, clip_times.ravel()).reshape(clip_times.shape)
-
-        clip_ids: Dict[Tuple[int, Tuple[int, ...]], int] = {}
-        clip_of_output = np.empty(len(times), np.int64)
-        for index, (window, frames) in enumerate(zip(windows, clip_frames)):
-            clip_of_output[index] = clip_ids.setdefault((int(window), tuple(int(f) for f in frames)), len(clip_ids))
-        clips = list(clip_ids)  # (window, frame indices), in output order
-        probabilities = np.zeros((len(times), self.image_size, self.image_size), np.float32)
         log_mels: Dict[int, torch.Tensor] = {}
 
         def window_log_mel(window: int) -> torch.Tensor:
@@ -345,67 +383,137 @@ class Segmenter:
                 log_mels[window] = window_examples(waveform, float(starts[window]), length)
             return log_mels[window]
 
-        outputs_of_clip: List[List[int]] = [[] for _ in clips]
-        for index, clip in enumerate(clip_of_output):
-            outputs_of_clip[clip].append(index)
-
-        finished = 0
+        keys = [(int(w), tuple(int(f) for f in frames), int(k) if self.cache is not None else -1)
+                for w, frames, k in zip(windows, clip_frames, slots)]
+        outputs_of: Dict[Tuple[int, Tuple[int, ...], int], List[int]] = {}
+        for index, key in enumerate(keys):
+            outputs_of.setdefault(key, []).append(index)
+        jobs = sorted(outputs_of, key=lambda key: (max(key[1]), outputs_of[key][0]))  # in the order they get ready
+        run = self._run_cached if self.cache is not None else self._run_clips
+        probabilities: Optional[np.ndarray] = None
+        finished = encoded = 0
         with self._inference():
-            for batch, inputs in self._stream_clips(info, clips):
-                outputs = self._forward(inputs, [window_log_mel(clips[c][0]) for c in batch])
-                for clip, clip_probabilities in zip(batch, outputs):
-                    for index in outputs_of_clip[clip]:
-                        probabilities[index] = clip_probabilities[slots[index]]
+            for batch, values, encoded in run(info, jobs, window_log_mel):
+                for key, value in zip(batch, values):
+                    for index in outputs_of[key]:
+                        frame_probabilities = value[slots[index]] if key[2] < 0 else value  # whole clip: pick the slot
+                        if probabilities is None:
+                            probabilities = np.zeros((len(times),) + frame_probabilities.shape, np.float32)
+                        probabilities[index] = frame_probabilities
                 finished += len(batch)
                 if progress is not None:
-                    progress(finished, len(clips))
+                    progress(finished, len(jobs))
         return Prediction(
             timestamps=times, probabilities=probabilities, frame_size=(info.height, info.width), fps=fps,
             threshold=self.threshold if threshold is None else threshold, window_starts=starts, windows=windows,
-            slots=slots, clip_seconds=length, num_clips=len(clips), silent=media.silent,
+            slots=slots, clip_seconds=length, num_clips=len(jobs), silent=media.silent, frames_encoded=encoded,
         )
 
-    def _stream_clips(self, info: VideoInfo, clips: Sequence[Tuple[int, Tuple[int, ...]]]
-                      ) -> Iterator[Tuple[List[int], List[np.ndarray]]]:
-        """Decode the source once and yield batches ``(clip ids, frames uint8 [T, S, S, 3] each)``.
-
-        Only frames still needed by a later clip stay in memory (about one window of frames).
-        """
-        order = sorted(range(len(clips)), key=lambda c: (max(clips[c][1]), c))
-        first_needed = [min(clips[c][1]) for c in order]
-        for position in range(len(order) - 2, -1, -1):  # suffix minimum: earliest frame any later clip needs
+    def _run_clips(self, info: VideoInfo, jobs: Sequence[Tuple[int, Tuple[int, ...], int]],
+                   window_log_mel: Callable[[int], torch.Tensor]) -> Iterator[Tuple[list, np.ndarray, int]]:
+        """Whole clips through the model: yields (jobs, their clips' probabilities ``[B, T, ...]``, frames encoded)."""
+        needed = {f for _, frames, _ in jobs for f in frames}
+        first_needed = [min(jobs[j][1]) for j in range(len(jobs))]
+        for position in range(len(jobs) - 2, -1, -1):  # suffix minimum: earliest frame any later clip needs
             first_needed[position] = min(first_needed[position], first_needed[position + 1])
-        needed = {f for _, frames in clips for f in frames}
         buffer: Dict[int, np.ndarray] = {}
-        done = 0
+        done = encoded = 0
 
-        def ready_batches(last_decoded: int, final: bool) -> Iterator[Tuple[List[int], List[np.ndarray]]]:
-            nonlocal done
-            while done < len(order):
-                ready = [c for c in order[done:done + self.batch_size] if max(clips[c][1]) <= last_decoded]
+        def ready_batches(last: int, final: bool):
+            nonlocal done, encoded
+            while done < len(jobs):
+                ready = [key for key in jobs[done:done + self.batch_size] if max(key[1]) <= last]
                 if not ready or (len(ready) < self.batch_size and not final):
                     return
-                yield ready, [np.stack([buffer[f] for f in clips[c][1]]) for c in ready]
+                frames = [np.stack([buffer[f] for f in key[1]]) for key in ready]
+                encoded += sum(len(clip) for clip in frames)
+                yield ready, self._forward(frames, [window_log_mel(key[0]) for key in ready]), encoded
                 done += len(ready)
-                keep_from = first_needed[done] if done < len(order) else math.inf
+                keep_from = first_needed[done] if done < len(jobs) else math.inf
                 for frame in [f for f in buffer if f < keep_from]:
                     del buffer[frame]
 
+        for index, image in self._needed_frames(info, needed):
+            buffer[index] = image
+            yield from ready_batches(index, final=False)
+        yield from ready_batches(info.num_frames, final=True)
+
+    def _run_cached(self, info: VideoInfo, jobs: Sequence[Tuple[int, Tuple[int, ...], int]],
+                    window_log_mel: Callable[[int], torch.Tensor]) -> Iterator[Tuple[list, np.ndarray, int]]:
+        """Each needed frame encoded once, each job's frame decoded alone: yields (jobs, probabilities, frames encoded).
+
+        A frame's maps are dropped once no pending job decodes it, its small terms once no pending clip holds it.
+        """
+        cache, per_pass = self.cache, self.batch_size * self.clip_seconds
+        member_uses = Counter(f for _, frames, _ in jobs for f in set(frames))
+        decode_uses = Counter(frames[slot] for _, frames, slot in jobs)
+        terms: Dict[int, FrameTerms] = {}
+        window_terms: Dict[int, WindowTerms] = {}
+        pending: List[Tuple[int, np.ndarray]] = []
+        done = encoded = 0
+
+        def encode_pending() -> None:
+            nonlocal encoded
+            if not pending:
+                return
+            images = torch.stack([normalize_frames(image[None])[0] for _, image in pending]).to(self.device)
+            for (index, _), frame_terms in zip(pending, cache.encode_frames(images)):
+                if not decode_uses[index]:
+                    frame_terms.release_maps()
+                terms[index] = frame_terms
+            encoded += len(pending)
+            pending.clear()
+
+        def window(index: int) -> WindowTerms:
+            if index not in window_terms:
+                window_terms[index] = cache.encode_window(window_log_mel(index).to(self.device))
+            return window_terms[index]
+
+        def ready_batches(final: bool):
+            nonlocal done
+            while done < len(jobs):
+                ready = [key for key in jobs[done:done + per_pass] if all(f in terms for f in key[1])]
+                if not ready or (len(ready) < per_pass and not final):
+                    return
+                clip_jobs = [ClipJob([terms[f] for f in frames], window(w), slot) for w, frames, slot in ready]
+                logits = cache.decode(clip_jobs, (self.image_size, self.image_size))
+                yield ready, self._probabilities(logits), encoded
+                done += len(ready)
+                for _, frames, slot in ready:
+                    decode_uses[frames[slot]] -= 1
+                    if not decode_uses[frames[slot]]:
+                        terms[frames[slot]].release_maps()
+                    for frame in set(frames):
+                        member_uses[frame] -= 1
+                        if not member_uses[frame]:
+                            del terms[frame]
+
+        for index, image in self._needed_frames(info, set(member_uses)):
+            pending.append((index, image))
+            if len(pending) >= per_pass:
+                encode_pending()
+                yield from ready_batches(final=False)
+        encode_pending()
+        yield from ready_batches(final=True)
+
+    def _needed_frames(self, info: VideoInfo, needed: set) -> Iterator[Tuple[int, np.ndarray]]:
+        """Decode the source once and yield ``(frame index, resized uint8 [S, S, 3])`` for ``needed`` frames, in order.
+
+        A frame the decoder dropped repeats the previous decoded one (the next one at the very start).
+        """
         expected, previous = 0, None
         for index, image in iter_frames(info):
-            for missing in range(expected, index):  # frames the decoder dropped: repeat the previous one
+            for missing in range(expected, index):
                 if missing in needed:
-                    buffer[missing] = self.resize(previous if previous is not None else image)
+                    yield missing, self.resize(previous if previous is not None else image)
             if index in needed:
-                buffer[index] = self.resize(image)
+                yield index, self.resize(image)
             expected, previous = index + 1, image
-            yield from ready_batches(index, final=False)
         if previous is None:
             raise MediaError(f"{info.path}: no frames could be decoded")
         for missing in range(expected, info.num_frames):
             if missing in needed:
-                buffer[missing] = self.resize(previous)
-        yield from ready_batches(info.num_frames, final=True)
+                yield missing, self.resize(previous)
 
     @contextlib.contextmanager
     def _inference(self):
@@ -415,18 +523,30 @@ class Segmenter:
             torch.manual_seed(self.seed)
             yield
 
-    def _forward(self, frames: Sequence[np.ndarray], log_mels: Sequence[torch.Tensor]) -> np.ndarray:
-        """Clips of uint8 frames ``[T, S, S, 3]`` and log-mels ``[T, 1, 96, 64]`` → probabilities ``[B, T, S, S]``."""
-        batch_frames = torch.stack([normalize_frames(clip) for clip in frames]).to(self.device)
-        batch_log_mel = torch.stack(list(log_mels)).to(self.device)
-        inputs = registry.select_inputs(self.record, {"frames": batch_frames, "log_mel": batch_log_mel})
-        logits = self.model(**inputs)["logits"]  # [B, T, 1, h, w]
-        logits = logits.flatten(0, 1).float()
+    def _probabilities(self, logits: torch.Tensor) -> np.ndarray:
+        """Logits ``[N, K, h, w]`` → float32 ``[N, S, S]`` (sigmoid, K = 1) or ``[N, K, S, S]`` (softmax)."""
+        logits = logits.float()
         if logits.shape[-2:] != (self.image_size, self.image_size):
             logits = torch.nn.functional.interpolate(logits, size=(self.image_size, self.image_size),
                                                      mode="bilinear", align_corners=False)
-        probabilities = torch.sigmoid(logits)[:, 0].reshape(len(frames), -1, self.image_size, self.image_size)
-        return probabilities.cpu().numpy()
+        if logits.shape[1] == 1:
+            return torch.sigmoid(logits)[:, 0].cpu().numpy()
+        return torch.softmax(logits, dim=1).cpu().numpy()
+
+    def _forward(self, frames: Sequence[np.ndarray], log_mels: Sequence[torch.Tensor]) -> np.ndarray:
+        """Clips of uint8 frames ``[T, S, S, 3]`` and log-mels ``[T, 1, 96, 64]`` → probabilities ``[B, T, ...]``."""
+        batch_frames = torch.stack([normalize_frames(clip) for clip in frames]).to(self.device)
+        batch_log_mel = torch.stack(list(log_mels)).to(self.device)
+        inputs = registry.select_inputs(self.record, {"frames": batch_frames, "log_mel": batch_log_mel})
+        logits = self.model(**inputs)["logits"]  # [B, T, K, h, w]
+        probabilities = self._probabilities(logits.flatten(0, 1))
+        return probabilities.reshape(len(frames), -1, *probabilities.shape[1:])
+
+    def stream(self, output: str = "last") -> "SegmenterStream":
+        """A live stream: ``push(frame, audio, sample_rate)`` per frame; see :mod:`avseg.inference.stream`."""
+        from avseg.inference.stream import SegmenterStream
+
+        return SegmenterStream(self, output=output)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -9,7 +9,9 @@ For every fused stage i with visual map Z_i ``[B·T, C, h, w]`` and audio vector
 4. ℓ_i = Σ_frames KL(softmax(A_i) ‖ softmax(v_i)) = ``F.kl_div(log_softmax(v), softmax(a), 'sum')``.
 
 The loss is the mean of ℓ_i over the stages. As in the official code it is a *sum* over frames, so
-its scale grows with the batch size and clip length. AVSBench MS3 uses ``normalize=False`` with weight
+its scale grows with the batch size and clip length. Under DDP it is the sum over the frames of the
+*global* batch (:func:`avseg.losses.reduction.global_sum`), so its weight does not depend on how the
+clips are spread over processes. AVSBench MS3 uses ``normalize=False`` with weight
 0.5; ECMVAE (MS3) uses ``normalize=True``.
 """
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from avseg.losses.reduction import global_sum
 
 
 def avm_loss(
@@ -49,4 +53,4 @@ def avm_loss(
             audio = F.normalize(audio, dim=-1)
             masked_visual = F.normalize(masked_visual, dim=-1)
         total = total + F.kl_div(F.log_softmax(masked_visual, dim=-1), F.softmax(audio, dim=-1), reduction="sum")
-    return total / len(audio_list)
+    return global_sum(total) / len(audio_list)

@@ -2,8 +2,11 @@
 
 All Gaussians are diagonal and given by ``(mu, logvar)`` tensors of shape ``[N, D]`` with
 ``logvar = log σ²``. Per-sample functions return ``[N]``; the caller averages over the frames it
-chooses (see ``docs/ecmvae.md``). Where the released MMVAE-AVS code differs from the textbook formula
-the function says so and offers the released form by a parameter.
+chooses (see ``docs/ecmvae.md``), with :func:`avseg.losses.reduction.batch_mean` so that under DDP
+the mean is over the global batch. The scalar losses here do the same, and the difference loss
+centres and correlates the codes of the global batch (:func:`~avseg.losses.reduction.gather_for_loss`).
+Where the released MMVAE-AVS code differs from the textbook formula the function says so and offers
+the released form by a parameter.
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from avseg.losses.reduction import batch_mean, gather_for_loss, global_mean
 
 SHARED_DIVERGENCES = ("js_released", "js_mc", "kl")
 KL_FORMS = ("analytic", "released")
@@ -39,7 +44,7 @@ def gaussian_kl(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor, 
 
 def released_js_divergence(mu_p: torch.Tensor, logvar_p: torch.Tensor, mu_q: torch.Tensor, logvar_q: torch.Tensor,
                            generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """The released stochastic "JS" term between two diagonal Gaussians (scalar, batch mean).
+    """The released stochastic "JS" term between two diagonal Gaussians (scalar, global batch mean).
 
     As in MMVAE-AVS: draw one sample per element from each Gaussian (no gradient through the draw),
     take each density's value at its own sample, ``p = N(x_p; μ_p, σ_p)`` and ``q = N(x_q; μ_q, σ_q)``
@@ -59,8 +64,7 @@ def released_js_divergence(mu_p: torch.Tensor, logvar_p: torch.Tensor, mu_q: tor
     p = density_at_own_sample(mu_p, logvar_p)
     q = density_at_own_sample(mu_q, logvar_q)
     log_m = torch.log(0.5 * (p + q))
-    batch = mu_p.shape[0]
-    return 0.5 * (F.kl_div(log_m, p, reduction="sum") + F.kl_div(log_m, q, reduction="sum")) / batch
+    return global_mean(0.5 * (F.kl_div(log_m, p, reduction="sum") + F.kl_div(log_m, q, reduction="sum")), mu_p.shape[0])
 
 
 def _diag_gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -97,7 +101,7 @@ def monte_carlo_js_divergence(mu_p: torch.Tensor, logvar_p: torch.Tensor, mu_q: 
 
 def shared_code_divergence(name: str, mu_prior: torch.Tensor, logvar_prior: torch.Tensor, mu_post: torch.Tensor,
                            logvar_post: torch.Tensor, num_samples: int = 8, kl_form: str = "analytic") -> torch.Tensor:
-    """Divergence between the prior and posterior shared code, a scalar averaged over the batch.
+    """Divergence between the prior and posterior shared code, a scalar averaged over the (global) batch.
 
     ``name``: ``js_released`` (the released stochastic approximation), ``js_mc`` (Monte-Carlo JS of
     the two Gaussians) or ``kl`` (analytic KL(posterior ‖ prior), as for the specific codes).
@@ -105,9 +109,9 @@ def shared_code_divergence(name: str, mu_prior: torch.Tensor, logvar_prior: torc
     if name == "js_released":
         return released_js_divergence(mu_prior, logvar_prior, mu_post, logvar_post)
     if name == "js_mc":
-        return monte_carlo_js_divergence(mu_prior, logvar_prior, mu_post, logvar_post, num_samples).mean()
+        return batch_mean(monte_carlo_js_divergence(mu_prior, logvar_prior, mu_post, logvar_post, num_samples))
     if name == "kl":
-        return gaussian_kl(mu_post, logvar_post, mu_prior, logvar_prior, kl_form).mean()
+        return batch_mean(gaussian_kl(mu_post, logvar_post, mu_prior, logvar_prior, kl_form))
     raise ValueError(f"shared divergence must be one of {SHARED_DIVERGENCES}, got '{name}'")
 
 
@@ -116,14 +120,16 @@ def difference_loss(codes_a: torch.Tensor, codes_b: torch.Tensor) -> torch.Tenso
 
     Each matrix is centred over the batch and each row divided by its (detached) L2 norm + 1e-6;
     the loss is the mean squared entry of the ``[Da, Db]`` cross-correlation ``Âᵀ·B̂``. It is zero
-    when the centred codes are orthogonal and grows with their correlation.
+    when the centred codes are orthogonal and grows with their correlation. Under DDP the batch is
+    the global one (every rank's rows, :func:`~avseg.losses.reduction.gather_for_loss`): per-rank
+    centring would change the loss, and make it 0 for a rank holding one row.
     """
     def normalised(codes: torch.Tensor) -> torch.Tensor:
         codes = codes.flatten(1)
         codes = codes - codes.mean(dim=0, keepdim=True)
         return codes / (codes.norm(dim=1, keepdim=True).detach() + 1e-6)
 
-    return (normalised(codes_a).t() @ normalised(codes_b)).pow(2).mean()
+    return (normalised(gather_for_loss(codes_a)).t() @ normalised(gather_for_loss(codes_b))).pow(2).mean()
 
 
 def ba_log_likelihood(mu: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor, form: str = "released") -> torch.Tensor:
@@ -133,11 +139,11 @@ def ba_log_likelihood(mu: torch.Tensor, logvar: torch.Tensor, target: torch.Tens
     code. The MI lower bound is ``H(target) + E[log q]``, so the objective *maximises* this value
     (ECMVAE's total loss subtracts ``mi_weight ·`` it). ``form="released"`` keeps only the
     data term ``Σ_d −½(μ_d − t_d)² / exp(ℓ_d)`` as MMVAE-AVS does; ``form="gaussian"`` is the full
-    Gaussian log-density (adds ``−½ℓ_d − ½ log 2π``). Sum over ``D``, mean over ``N``.
+    Gaussian log-density (adds ``−½ℓ_d − ½ log 2π``). Sum over ``D``, mean over ``N`` (the global batch).
     """
     if form not in MI_FORMS:
         raise ValueError(f"MI form must be one of {MI_FORMS}, got '{form}'")
     log_lik = -0.5 * (mu - target).pow(2) * torch.exp(-logvar)
     if form == "gaussian":
         log_lik = log_lik - 0.5 * logvar - 0.5 * _LOG_2PI
-    return log_lik.sum(dim=-1).mean()
+    return batch_mean(log_lik.sum(dim=-1))

@@ -4,6 +4,10 @@ Both take clip-shaped tensors, ``logits`` and ``masks`` ``[B, T, 1, H, W]``, and
 ``[B, T]`` (bool) naming the annotated frames: AVSBench S4 training annotates the first frame of a
 clip, MS3 and evaluation annotate all of them. Frames that are not annotated never reach the loss,
 whatever the clip length or batch size.
+
+Under DDP the means are over the annotated frames (pixels) of the *global* batch
+(:func:`avseg.losses.reduction.global_mean`), so ranks holding different numbers of annotated
+frames give the single-process gradient.
 """
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from avseg.losses.reduction import global_mean
 
 
 def select_annotated(
@@ -38,7 +44,8 @@ def bce_loss(logits: torch.Tensor, masks: torch.Tensor, mask_valid: Optional[tor
     value without the saturation of ``sigmoid`` (they differ only where |logit| > ~17 in float32).
     """
     frame_logits, frame_masks = select_annotated(logits, masks, mask_valid)
-    return F.binary_cross_entropy_with_logits(frame_logits, frame_masks)
+    pixel_bce = F.binary_cross_entropy_with_logits(frame_logits, frame_masks, reduction="sum")
+    return global_mean(pixel_bce, frame_masks.numel())
 
 
 def structure_loss(
@@ -63,16 +70,17 @@ def structure_loss(
     frame_logits, frame_masks = select_annotated(logits, masks, mask_valid)
     weight = 1 + 5 * torch.abs(F.avg_pool2d(frame_masks, kernel_size=31, stride=1, padding=15) - frame_masks)
     smoothed = frame_masks * 0.999 + 0.0005
+    num_frames = frame_masks.shape[0]
     if weighted_bce:
         pixel_bce = F.binary_cross_entropy_with_logits(frame_logits, smoothed, reduction="none")
-        bce = (weight * pixel_bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
+        bce = global_mean(((weight * pixel_bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))).sum(), num_frames)
     else:
-        bce = F.binary_cross_entropy_with_logits(frame_logits, smoothed)
+        bce = global_mean(F.binary_cross_entropy_with_logits(frame_logits, smoothed, reduction="sum"), frame_masks.numel())
     probs = torch.sigmoid(frame_logits)
     inter = (probs * frame_masks * weight).sum(dim=(2, 3))
     union = ((probs + frame_masks) * weight).sum(dim=(2, 3))
     wiou = 1 - (inter + 1) / (union - inter + 1)
-    return (bce + wiou).mean()
+    return bce + global_mean(wiou.sum(), num_frames)
 
 
 SEGMENTATION_LOSSES = {"bce": bce_loss, "structure": structure_loss}

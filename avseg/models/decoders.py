@@ -99,18 +99,18 @@ class FeatureFusionBlock(nn.Module):
 
 
 class HeadConvs(nn.Sequential):
-    """conv3×3 → resize → conv3×3 → ReLU → conv1×1 to one logit channel; weights at indices 0, 2, 4.
+    """conv3×3 → resize → conv3×3 → ReLU → conv1×1 to ``num_classes`` logit channels; weights at indices 0, 2, 4.
 
     AVSBench's head interpolates bilinearly with align_corners=False (unlike its fusion blocks).
     """
 
-    def __init__(self, in_channels: int, mid_channels: int, low_channels: int, upsample: str):
+    def __init__(self, in_channels: int, mid_channels: int, low_channels: int, upsample: str, num_classes: int = 1):
         super().__init__(
             nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1),
             Resize(upsample, align_corners=False if upsample == "bilinear" else None),
             nn.Conv2d(mid_channels, low_channels, kernel_size=3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(low_channels, 1, kernel_size=1),
+            nn.Conv2d(low_channels, num_classes, kernel_size=1),
         )
 
     def forward(self, x: torch.Tensor, size: Optional[Sequence[int]] = None) -> torch.Tensor:
@@ -127,16 +127,18 @@ class SegmentationHead(nn.Module):
 
 
 class RefineDecoder(nn.Module):
-    """Four fusion blocks and a head: maps ``[N, C, H/4..H/32, W/4..W/32]`` (shallow first) -> logits ``[N, 1, H, W]``.
+    """Four fusion blocks and a head: maps ``[N, C, H/4..H/32, W/4..W/32]`` (shallow first) -> logits ``[N, K, H, W]``.
 
     Args:
         channels: C of every input map (256 for AVSBench, 128 for ECMVAE).
         style: ``avsbench`` or ``ecmvae`` (see the module docstring).
         head_channels: the head's two hidden widths; default (C/2, 32) for AVSBench (128, 32 at C = 256)
             and (C/2, C/4) for ECMVAE.
+        num_classes: K, logit channels (1: binary mask, 71: AVSS classes).
     """
 
-    def __init__(self, channels: int, style: str = "avsbench", head_channels: Optional[Tuple[int, int]] = None):
+    def __init__(self, channels: int, style: str = "avsbench", head_channels: Optional[Tuple[int, int]] = None,
+                 num_classes: int = 1):
         super().__init__()
         if style not in DECODER_STYLES:
             raise ValueError(f"unknown decoder style '{style}' (expected one of {DECODER_STYLES})")
@@ -148,7 +150,7 @@ class RefineDecoder(nn.Module):
             self.add_module(name, FeatureFusionBlock(channels, batch_norm=ecmvae, upsample=upsample, with_skip=level < 3))
         if head_channels is None:
             head_channels = (channels // 2, channels // 4) if ecmvae else (channels // 2, 32)
-        head = HeadConvs(channels, head_channels[0], head_channels[1], upsample)
+        head = HeadConvs(channels, head_channels[0], head_channels[1], upsample, num_classes)
         if ecmvae:
             self.head_up_2 = SegmentationHead(head)
         else:
@@ -158,11 +160,14 @@ class RefineDecoder(nn.Module):
     def head(self) -> HeadConvs:
         return self.head_up_2.output_conv if self.style == "ecmvae" else self.output_conv
 
-    def forward(self, maps: Sequence[torch.Tensor], output_size: Optional[Sequence[int]] = None) -> torch.Tensor:
-        """``maps``: four ``[N, C, h_i, w_i]`` tensors, stride 4 first. Returns logits ``[N, 1, *output_size]``.
+    def forward(self, maps: Sequence[torch.Tensor], output_size: Optional[Sequence[int]] = None,
+                frame_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``maps``: four ``[N, C, h_i, w_i]`` tensors, stride 4 first. Returns logits ``[N, K, *output_size]``.
 
         Each block upsamples to the next (shallower) map's size, the last one ×2, the head to
         ``output_size`` (default ×2 again); at input sizes divisible by 32 every step is an exact ×2.
+        ``frame_scale`` ``[N, 1, 1, 1]`` (the AVSS frame-validity flag) multiplies every block's output and
+        the logits, as the official AVSS model does, so padded frames give exactly zero logits.
         """
         if len(maps) != 4:
             raise ValueError(f"RefineDecoder needs 4 maps, got {len(maps)}")
@@ -171,4 +176,6 @@ class RefineDecoder(nn.Module):
             block = getattr(self, self.block_names[level])
             size = maps[level - 1].shape[-2:] if level > 0 else None
             x = block(maps[level], size=size) if x is None else block(x, maps[level], size=size)
-        return self.head(x, output_size)
+            x = x if frame_scale is None else x * frame_scale
+        logits = self.head(x, output_size)
+        return logits if frame_scale is None else logits * frame_scale

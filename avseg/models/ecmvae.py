@@ -22,6 +22,12 @@ clip's annotated frames forming the temporal context of the posterior TPAVI. Ter
 * ``avm`` (``avm_weight > 0``, MS3): AV-map KL loss on the prior path, normalised features;
 * ``loss`` = seg_prior + w_post·seg_post + w_kl·kl + w_diff·diff − w_mi·mi (+ w_avm·avm).
 
+AVSS (``num_classes`` > 1, ``labels [B, T, H, W]``, ``frame_valid``; our design, docs/ecmvae.md "AVSS"):
+only the real frames (``frame_valid``) are computed, each clip's real frames forming its TPAVI context,
+and padded frames get exactly zero logits; ``seg_prior``/``seg_post`` are the masked per-frame
+cross-entropy, the posterior encoders see the foreground map ``labels ≠ 0``, ``avm`` is the AVSS AV-map
+term over the annotated frames (normalised features); several samples average softmax probabilities.
+
 Inference uses the prior path only: latent means by default, samples with ``sample_at_test``, and
 ``num_samples > 1`` averages the probabilities of that many samples (``uncertainty`` = their
 per-pixel standard deviation). See ``docs/ecmvae.md`` for which parts follow the released code.
@@ -39,6 +45,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
+from avseg.errors import ConfigError
 from avseg.losses.avm import avm_loss
 from avseg.losses.latent import (
     KL_FORMS,
@@ -49,12 +56,15 @@ from avseg.losses.latent import (
     gaussian_kl,
     shared_code_divergence,
 )
+from avseg.losses.reduction import batch_mean
 from avseg.losses.segmentation import SEGMENTATION_LOSSES, segmentation_loss
+from avseg.losses.semantic import semantic_avm_loss, semantic_ce_loss
 from avseg.models.backbones import feature_key
 from avseg.models.decoders import RefineDecoder
 from avseg.models.ecmvae_latent import POSTERIOR, PRIOR, FactorisedLatents, Gaussian, reparameterise
 from avseg.models.registry import ArgumentError, ConversionResult, ModelRecord, WeightFormat, config_keys, register
 from avseg.models.tpavi import TPAVI
+from avseg.models.tpavi_model import BINARY_BATCH_KEYS, SEMANTIC_BATCH_KEYS, batch_keys_for, check_classes, check_supervision
 from avseg.weights import strip_prefix
 
 LATENT_NOISE_KEYS = ("vs", "as", "c")
@@ -149,11 +159,14 @@ class ECMVAE(nn.Module):
         shared_only: keep only the shared code c (ablation); no diff or MI term.
         loss: the loss composition (:class:`ECMVAELoss`); ``model.loss`` may be replaced after building.
         sample_at_test, num_samples: inference behaviour (attributes, may be changed after building).
+        num_classes: logit channels K (1: binary masks, ``loss.seg_loss``; 71: AVSS, cross-entropy).
+        tpavi_group_size: TPAVI attends within consecutive groups of this many real frames of a clip
+            (None: all of them).
 
     Bad arguments raise :class:`~avseg.models.registry.ArgumentError` (a ``ValueError``) naming them.
     """
 
-    batch_keys = ("frames", "log_mel", "masks", "mask_valid")
+    batch_keys = BINARY_BATCH_KEYS
 
     def __init__(
         self,
@@ -171,8 +184,13 @@ class ECMVAE(nn.Module):
         loss: ECMVAELoss = ECMVAELoss(),
         sample_at_test: bool = False,
         num_samples: int = 1,
+        num_classes: int = 1,
+        tpavi_group_size: Optional[int] = None,
     ):
         super().__init__()
+        check_classes(num_classes)
+        if tpavi_group_size is not None and tpavi_group_size < 1:
+            raise ArgumentError("tpavi_group_size", f"must be at least 1 (or None: the whole clip), got {tpavi_group_size}")
         stages = sorted(set(int(s) for s in tpavi_stages)) if fusion else []
         audio_dim = int(getattr(audio_encoder, "out_dim", 128))
         if any(s not in range(4) for s in stages):
@@ -195,6 +213,9 @@ class ECMVAE(nn.Module):
         self.loss = loss
         self.sample_at_test = sample_at_test
         self.num_samples = num_samples
+        self.num_classes = num_classes
+        self.tpavi_group_size = tpavi_group_size
+        self.batch_keys = batch_keys_for(num_classes)
 
         self.backbone = backbone
         self.audio_encoder = audio_encoder
@@ -202,10 +223,10 @@ class ECMVAE(nn.Module):
         self.fusion_modules = nn.ModuleList(
             TPAVI(neck_channels, audio_channels=None, normalize_inputs=True) for _ in stages
         )
-        self.decoder_prior = RefineDecoder(neck_channels, style="ecmvae")
+        self.decoder_prior = RefineDecoder(neck_channels, style="ecmvae", num_classes=num_classes)
         if latent_path:
             self.neck_post = ReductionNeck(backbone.channels, neck_channels)
-            self.decoder_post = RefineDecoder(neck_channels, style="ecmvae")
+            self.decoder_post = RefineDecoder(neck_channels, style="ecmvae", num_classes=num_classes)
             self.mm_vae_model = FactorisedLatents(
                 image_channels=3, audio_dim=audio_dim, feature_channels=neck_channels, latent_dim=latent_dim,
                 mi_dim=mi_dim, base_channels=encoder_channels, grid_size=image_size // 32, shared_only=shared_only,
@@ -224,6 +245,7 @@ class ECMVAE(nn.Module):
         """
         maps = list(maps)
         fused_audio: Dict[int, torch.Tensor] = {}
+        clip_lengths = _group_lengths(clip_lengths, self.tpavi_group_size)
         for index, stage in enumerate(self.tpavi_stages):
             if stage in levels:
                 maps[stage], fused_audio[stage] = _tpavi_over_clips(self.fusion_modules[index], maps[stage], audio, clip_lengths)
@@ -244,38 +266,81 @@ class ECMVAE(nn.Module):
         masks: Optional[torch.Tensor] = None,
         mask_valid: Optional[torch.Tensor] = None,
         latent_noise: Optional[Dict[str, torch.Tensor]] = None,
+        labels: Optional[torch.Tensor] = None,
+        frame_valid: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
-        """frames ``[B, T, 3, H, W]``, log_mel ``[B, T, 1, 96, 64]``, masks ``[B, T, 1, H, W]``, mask_valid ``[B, T]``.
+        """frames ``[B, T, 3, H, W]``, log_mel ``[B, T, 1, 96, 64]``, masks ``[B, T, 1, H, W]`` (binary) or
+        labels ``[B, T, H, W]`` int64 (AVSS), mask_valid ``[B, T]`` (annotated), frame_valid ``[B, T]`` (real frames).
 
-        Returns ``logits`` ``[B, T, 1, H, W]`` (prior path); with ``num_samples > 1`` also
-        ``uncertainty`` ``[B, T, 1, H, W]``; with masks also every loss term and ``loss``.
-        ``latent_noise`` fixes the prior-path ε: ``{"vs", "as", "c"}`` -> ``[N, D]`` (or
-        ``[num_samples, N, D]``) and implies sampling.
+        Returns ``logits`` ``[B, T, K, H, W]`` (prior path; zero on frames with ``frame_valid`` false);
+        with ``num_samples > 1`` also ``uncertainty`` ``[B, T, K, H, W]``; with masks or labels also every
+        loss term and ``loss``. ``latent_noise`` fixes the prior-path ε: ``{"vs", "as", "c"}`` -> ``[N, D]``
+        (or ``[num_samples, N, D]``; N = the real frames) and implies sampling.
         """
         if frames.dim() != 5:
             raise ValueError(f"frames must be [B, T, 3, H, W], got {tuple(frames.shape)}")
+        check_supervision(self.num_classes, masks, labels)
         batch, num_frames = frames.shape[:2]
         if log_mel is None or log_mel.shape[:2] != (batch, num_frames):
             got = None if log_mel is None else tuple(log_mel.shape)
             raise ValueError(f"log_mel must be [B, T, 1, 96, 64] matching frames {(batch, num_frames)}, got {got}")
-        images = frames.flatten(0, 1)
-        audio = self.encode_audio(log_mel)
-        features = self.backbone(images)
-        if masks is None:
-            outputs = self._predict(images, audio, features, [num_frames] * batch, latent_noise)
+        real = self._real_frames(frame_valid, batch, num_frames, frames.device)
+        images, mel = frames.flatten(0, 1), log_mel.flatten(0, 1)
+        if real is not None:
+            images, mel = images[real], mel[real]
+            clip_lengths = [int(n) for n in frame_valid.to(torch.bool).sum(dim=1).tolist() if n > 0]
         else:
-            if masks.shape != frames.shape[:2] + (1,) + frames.shape[-2:]:
-                raise ValueError(f"masks must be [B, T, 1, H, W] matching frames, got {tuple(masks.shape)}")
+            clip_lengths = [num_frames] * batch
+        audio = self.audio_encoder(mel)
+        features = self.backbone(images)
+        if masks is None and labels is None:
+            outputs = self._predict(images, audio, features, clip_lengths, latent_noise)
+        else:
+            targets = self._frame_targets(frames, masks, labels)
             if mask_valid is None:
                 mask_valid = torch.ones(batch, num_frames, dtype=torch.bool, device=frames.device)
             if mask_valid.shape != (batch, num_frames):
                 raise ValueError(f"mask_valid must be [B, T] = {(batch, num_frames)}, got {tuple(mask_valid.shape)}")
-            outputs = self._train_outputs(images, audio, features, masks, mask_valid.to(torch.bool), latent_noise)
+            annotated = mask_valid.to(torch.bool)
+            if real is not None:
+                annotated = annotated & frame_valid.to(torch.bool)
+            post_lengths = [int(n) for n in annotated.sum(dim=1).tolist() if n > 0]
+            annotated = annotated.flatten()
+            if real is not None:
+                annotated, targets = annotated[real], targets[real]
+            outputs = self._train_outputs(images, audio, features, targets, annotated, clip_lengths, post_lengths,
+                                          labels is not None, latent_noise)
+        if real is not None:
+            outputs = {key: _scatter_frames(value, real, batch * num_frames) if value.dim() == 4 else value
+                       for key, value in outputs.items()}
         return {key: rearrange(value, "(b t) c h w -> b t c h w", b=batch) if value.dim() == 4 else value
                 for key, value in outputs.items()}
 
+    @staticmethod
+    def _real_frames(frame_valid: Optional[torch.Tensor], batch: int, num_frames: int, device) -> Optional[torch.Tensor]:
+        """``frame_valid [B, T]`` -> the flat indices of the real frames (None: every frame is real)."""
+        if frame_valid is None:
+            return None
+        if tuple(frame_valid.shape) != (batch, num_frames):
+            raise ValueError(f"frame_valid must be [B, T] = {(batch, num_frames)}, got {tuple(frame_valid.shape)}")
+        real = frame_valid.to(device=device, dtype=torch.bool).flatten().nonzero().squeeze(1)
+        if real.numel() == 0:
+            raise ValueError("frame_valid marks no frame as real; a batch needs at least one frame")
+        return real
+
+    @staticmethod
+    def _frame_targets(frames: torch.Tensor, masks: Optional[torch.Tensor], labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """Binary masks ``[B·T, 1, H, W]`` or class labels ``[B·T, H, W]``, shape-checked against the frames."""
+        if labels is not None:
+            if labels.shape != frames.shape[:2] + frames.shape[-2:]:
+                raise ValueError(f"labels must be [B, T, H, W] matching frames, got {tuple(labels.shape)}")
+            return labels.flatten(0, 1)
+        if masks.shape != frames.shape[:2] + (1,) + frames.shape[-2:]:
+            raise ValueError(f"masks must be [B, T, 1, H, W] matching frames, got {tuple(masks.shape)}")
+        return masks.flatten(0, 1)
+
     def _predict(self, images, audio, features, clip_lengths, latent_noise) -> Dict[str, torch.Tensor]:
-        """Prior path only; ``[N, 1, H, W]`` logits (and ``uncertainty`` for several samples)."""
+        """Prior path only; ``[N, K, H, W]`` logits (and ``uncertainty`` for several samples)."""
         size = images.shape[-2:]
         maps = self.neck_prior(features)
         if not self.latent_path:
@@ -296,22 +361,34 @@ class ECMVAE(nn.Module):
             logits = self.decoder_prior(level_maps, output_size=size)
             if samples == 1:
                 return {"logits": logits}
-            probabilities.append(torch.sigmoid(logits))
+            probabilities.append(torch.sigmoid(logits) if self.num_classes == 1 else torch.softmax(logits, dim=1))
         stacked = torch.stack(probabilities)
         mean = stacked.mean(dim=0)
         eps = torch.finfo(mean.dtype).eps
-        return {"logits": torch.logit(mean.clamp(eps, 1 - eps)), "uncertainty": stacked.std(dim=0)}
+        logits = torch.logit(mean.clamp(eps, 1 - eps)) if self.num_classes == 1 else torch.log(mean.clamp_min(eps))
+        return {"logits": logits, "uncertainty": stacked.std(dim=0)}
 
-    def _train_outputs(self, images, audio, features, masks, mask_valid, latent_noise) -> Dict[str, torch.Tensor]:
-        batch, num_frames = mask_valid.shape
+    def _seg_loss(self, logits: torch.Tensor, targets: torch.Tensor, semantic: bool) -> torch.Tensor:
+        """Segmentation term on annotated frames ``[K, C, H, W]`` (each a one-frame clip): CE or the binary loss."""
+        if semantic:
+            return semantic_ce_loss(logits, targets)
+        return segmentation_loss(self.loss.seg_loss, logits.unsqueeze(1), targets.unsqueeze(1))
+
+    def _train_outputs(self, images, audio, features, targets, annotated_flags, clip_lengths, post_lengths,
+                       semantic, latent_noise) -> Dict[str, torch.Tensor]:
+        """Both paths and every loss term; frames ``[N, ...]`` (the real ones), ``annotated_flags [N]`` bool,
+        ``targets`` masks ``[N, 1, H, W]`` or labels ``[N, H, W]``; clips of ``clip_lengths`` frames, of which
+        ``post_lengths`` are annotated."""
         size = images.shape[-2:]
-        frame_masks = masks.flatten(0, 1)
-        annotated = mask_valid.flatten().nonzero().squeeze(1)
+        annotated = annotated_flags.nonzero().squeeze(1)
         if annotated.numel() == 0:
             raise ValueError("mask_valid marks no frame as annotated; a training batch needs at least one mask")
-        masks_annotated = frame_masks[annotated].to(images.dtype)
-        clip_masks = masks_annotated.unsqueeze(1)  # each annotated frame as a one-frame clip for the seg loss
-        all_lengths = [num_frames] * batch
+        targets_annotated = targets[annotated]
+        if semantic:  # the posterior encoders see where something sounds, whatever its class
+            masks_annotated = (targets_annotated != 0).unsqueeze(1).to(images.dtype)
+        else:
+            masks_annotated = targets_annotated.to(images.dtype)
+            targets_annotated = masks_annotated
         outputs: Dict[str, torch.Tensor] = {}
 
         # prior path, every frame
@@ -322,25 +399,24 @@ class ECMVAE(nn.Module):
             codes_prior = self._codes(gaussians_prior, sample, latent_noise)
             combined_prior = self.mm_vae_model.combine(PRIOR, codes_prior)
             maps_prior[-1] = self.mm_vae_model.inject(PRIOR, maps_prior[-1], combined_prior)
-        fused_prior, audio_prior = self.fuse(maps_prior, audio, all_lengths)
+        fused_prior, audio_prior = self.fuse(maps_prior, audio, clip_lengths)
         logits_prior = self.decoder_prior(fused_prior, output_size=size)
         outputs["logits"] = logits_prior
         loss = self.loss
-        outputs["seg_prior"] = segmentation_loss(loss.seg_loss, logits_prior[annotated].unsqueeze(1), clip_masks)
+        outputs["seg_prior"] = self._seg_loss(logits_prior[annotated], targets_annotated, semantic)
         total = outputs["seg_prior"]
 
         if self.latent_path:
             # posterior path, annotated frames only; each clip's annotated frames form its TPAVI context
-            lengths = [int(n) for n in mask_valid.sum(dim=1).tolist() if n > 0]
             images_q, audio_q = images[annotated], audio[annotated]
             maps_post = self.neck_post([f[annotated] for f in features])
             gaussians_post = self.mm_vae_model.encode(POSTERIOR, images_q, audio_q, masks_annotated)
             codes_post = self._codes(gaussians_post, self.training)
             combined_post = self.mm_vae_model.combine(POSTERIOR, codes_post)
             maps_post[-1] = self.mm_vae_model.inject(POSTERIOR, maps_post[-1], combined_post)
-            fused_post, _ = self.fuse(maps_post, audio_q, lengths)
+            fused_post, _ = self.fuse(maps_post, audio_q, post_lengths)
             logits_post = self.decoder_post(fused_post, output_size=size)
-            outputs["seg_post"] = segmentation_loss(loss.seg_loss, logits_post.unsqueeze(1), clip_masks)
+            outputs["seg_post"] = self._seg_loss(logits_post, targets_annotated, semantic)
             outputs.update(self._latent_terms(gaussians_prior, codes_prior, combined_prior, annotated,
                                               gaussians_post, codes_post, combined_post))
             total = total + loss.posterior_seg_weight * outputs["seg_post"] + loss.kl_weight * outputs["kl"]
@@ -349,8 +425,11 @@ class ECMVAE(nn.Module):
 
         if loss.avm_weight:
             stages = self.tpavi_stages
-            outputs["avm"] = avm_loss(logits_prior, [audio_prior[s] for s in stages],
-                                      [fused_prior[s] for s in stages], normalize=True)
+            audio_list, visual_list = [audio_prior[s] for s in stages], [fused_prior[s] for s in stages]
+            if semantic:
+                outputs["avm"] = semantic_avm_loss(logits_prior, audio_list, visual_list, annotated_flags, normalize=True)
+            else:
+                outputs["avm"] = avm_loss(logits_prior, audio_list, visual_list, normalize=True)
             total = total + loss.avm_weight * outputs["avm"]
         outputs["loss"] = total
         return outputs
@@ -368,7 +447,7 @@ class ECMVAE(nn.Module):
             terms["kl"] = kl
             return terms
         for name in ("vs", "as"):
-            kl = kl + gaussian_kl(*gaussians_post[name], *prior_at_annotated[name], form=loss.kl_form).mean()
+            kl = kl + batch_mean(gaussian_kl(*gaussians_post[name], *prior_at_annotated[name], form=loss.kl_form))
         terms["kl"] = kl
         terms["diff"] = sum(
             difference_loss(codes[name], codes["c"]) for codes in (codes_prior, codes_post) for name in ("vs", "as")
@@ -392,6 +471,18 @@ def _tpavi_over_clips(block: TPAVI, frames: torch.Tensor, audio: torch.Tensor,
         return fused.flatten(0, 1), fused_audio.flatten(0, 1)
     pieces = [block(f.unsqueeze(0), a.unsqueeze(0)) for f, a in zip(frames.split(lengths), audio.split(lengths))]
     return torch.cat([p[0].flatten(0, 1) for p in pieces]), torch.cat([p[1].flatten(0, 1) for p in pieces])
+
+
+def _group_lengths(clip_lengths: Sequence[int], group_size: Optional[int]) -> List[int]:
+    """Clip lengths split into consecutive TPAVI groups of ``group_size`` frames (the last may be shorter)."""
+    if group_size is None:
+        return list(clip_lengths)
+    return [min(group_size, length - start) for length in clip_lengths for start in range(0, length, group_size)]
+
+
+def _scatter_frames(values: torch.Tensor, real: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Values of the real frames ``[N_real, ...]`` at their flat indices ``real`` among ``num_frames``; zeros elsewhere."""
+    return values.new_zeros((num_frames,) + values.shape[1:]).index_copy(0, real, values)
 
 
 def _noise_for_sample(latent_noise: Optional[Dict[str, torch.Tensor]], index: int,
@@ -461,6 +552,7 @@ def convert_mmvae_avs_state_dict(state_dict: Dict[str, torch.Tensor]) -> Convers
 _CONFIG_KEYS = {
     "tpavi_stages": "model.tpavi_stages", "neck_channels": "model.neck_channels", "image_size": "data.image_size",
     "avm_weight": "model.avm_weight", "seg_loss": "model.seg_loss", "num_samples": "model.ecmvae.num_samples",
+    "num_classes": "model.num_classes", "tpavi_group_size": "model.tpavi_group_size",
     **{name: f"model.ecmvae.{name}" for name in ("shared_divergence", "js_samples", "kl_form", "mi_form")},
 }
 
@@ -471,6 +563,9 @@ def build_ecmvae(cfg) -> ECMVAE:
     from avseg.models.backbones import build_backbone
 
     model_cfg, ecmvae_cfg = cfg.model, cfg.model.ecmvae
+    if not model_cfg.audio_align_bias:
+        raise ConfigError("key 'model.audio_align_bias': applies to the tpavi model only "
+                          "(the ECMVAE TPAVI has no audio alignment layer); leave it true")
     with config_keys(_CONFIG_KEYS):
         loss = ECMVAELoss(
             seg_loss=model_cfg.seg_loss,
@@ -499,11 +594,13 @@ def build_ecmvae(cfg) -> ECMVAE:
             loss=loss,
             sample_at_test=ecmvae_cfg.sample_at_test,
             num_samples=ecmvae_cfg.num_samples,
+            num_classes=model_cfg.num_classes,
+            tpavi_group_size=model_cfg.tpavi_group_size,
         )
 
 
 register(ModelRecord(
-    "ecmvae", build_ecmvae, ECMVAE.batch_keys, "avs",
+    "ecmvae", build_ecmvae, ECMVAE.batch_keys, "avs", semantic_batch_keys=SEMANTIC_BATCH_KEYS,
     formats={"mmvae-avs": WeightFormat(
         is_mmvae_avs_state_dict, convert_mmvae_avs_state_dict, missing_ok=("audio_encoder.",),
         description="released MMVAE-AVS state dict: encoder.* with decoder_prior.*/mm_vae_model.*",

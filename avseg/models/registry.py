@@ -4,7 +4,10 @@ A record says how to build the model from a config (``from_config``, the only co
 ``cfg.model.*`` keys for it), which official weight layouts it converts (``formats``: format name →
 :class:`WeightFormat`), which batch entries its ``forward`` takes (``batch_keys``), what kind of task it
 serves (``task``: ``"avs"`` or ``"image"``) and, for the contract test, the overrides that make a tiny
-instance (``tiny_overrides``). A new model is one file that ends with ``register(ModelRecord(...))`` and
+instance (``tiny_overrides``). A model whose inputs depend on its config (the AVS models: binary masks
+for ``model.num_classes: 1``, AVSS labels and frame flags for more classes) also names
+``semantic_batch_keys``; :func:`record_for` (and :func:`record_of`) return the record with the batch keys
+of that config. A new model is one file that ends with ``register(ModelRecord(...))`` and
 one import line in :mod:`avseg.models`.
 
 Modules validate their own arguments and raise :class:`ArgumentError` (a ``ValueError``) naming the
@@ -14,7 +17,7 @@ argument; a builder wraps construction in :func:`config_keys`, which turns those
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -82,9 +85,11 @@ class ModelRecord:
     formats: Mapping[str, WeightFormat] = field(default_factory=dict)
     tiny_overrides: Tuple[str, ...] = ()
     description: str = ""
+    semantic_batch_keys: Tuple[str, ...] = ()
 
 
 _RECORDS: Dict[str, ModelRecord] = {}
+_SEMANTIC_RECORDS: Dict[str, ModelRecord] = {}
 
 
 def register(record: ModelRecord) -> ModelRecord:
@@ -142,12 +147,26 @@ def describe_formats() -> str:
     return "; ".join(sorted(described))
 
 
+def record_for(cfg) -> ModelRecord:
+    """The record of the model ``cfg`` builds, with the batch keys of that config.
+
+    Same as ``get(cfg.model.name)``, except that a record with ``semantic_batch_keys`` and a config with
+    ``model.num_classes`` > 1 gives the record with those keys (one object per name, so ``is`` compares).
+    """
+    record = get(cfg.model.name)
+    if not record.semantic_batch_keys or cfg.model.num_classes == 1:
+        return record
+    if record.name not in _SEMANTIC_RECORDS:
+        _SEMANTIC_RECORDS[record.name] = replace(record, batch_keys=record.semantic_batch_keys)
+    return _SEMANTIC_RECORDS[record.name]
+
+
 def record_of(model: nn.Module) -> ModelRecord:
-    """The record of a model built by :func:`avseg.models.build_model` (it carries ``model.cfg``)."""
+    """The record of a model built by :func:`avseg.models.build_model` (it carries ``model.cfg``), see :func:`record_for`."""
     cfg = getattr(model, "cfg", None)
     if cfg is None:
         raise ValueError(f"{type(model).__name__} was not built from a config (no .cfg): its record is unknown")
-    return get(cfg.model.name)
+    return record_for(cfg)
 
 
 def select_inputs(record: ModelRecord, batch: Mapping[str, Any], keys: Sequence[str] = ()) -> Dict[str, Any]:

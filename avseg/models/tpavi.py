@@ -16,6 +16,8 @@ The official code materialises the N×N matrix F (246M entries per clip at strid
 with ḡ_t the spatial mean of g over frame t (= conv_g of the spatial mean of V_t). M is C'×C' per
 clip, so time and memory are O(N); the result is the same up to floating-point rounding.
 
+AVSS variant (``audio_bias=False``): the alignment Linear has no bias.
+
 ECMVAE variant (``normalize_inputs=True, audio_channels=None``): V and the audio are L2-normalised
 over channels (``x / sqrt(Σx² + 1e-6)``) before the block, there is no alignment layer (the audio must
 already have C channels), and the residual adds the normalised V.
@@ -38,12 +40,12 @@ def l2_normalize_channels(x: torch.Tensor, dim: int, eps: float = 1e-6) -> torch
     return x * torch.rsqrt(x.pow(2).sum(dim=dim, keepdim=True) + eps)
 
 
-def _pointwise(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+def pointwise_conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     """A 1×1×1 Conv3d applied frame by frame: ``[N, C_in, H, W] -> [N, C_out, H, W]``."""
     return F.conv2d(x, conv.weight.flatten(2).unsqueeze(-1), conv.bias)
 
 
-def _linear(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+def conv_as_linear(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     """A 1×1×1 Conv3d applied to vectors: ``[..., C_in] -> [..., C_out]``."""
     return F.linear(x, conv.weight.flatten(1), conv.bias)
 
@@ -57,6 +59,8 @@ class TPAVI(nn.Module):
             ``align_channel`` layer and audio that already has ``channels`` channels (ECMVAE).
         inter_channels: C' (default C // 2).
         normalize_inputs: L2-normalise visual and audio features over channels first (ECMVAE).
+        audio_bias: ``align_channel`` has a bias (AVSBench S4/MS3) or not (AVSS: a zeroed, padded audio
+            row then aligns to exactly zero).
     """
 
     def __init__(
@@ -65,12 +69,13 @@ class TPAVI(nn.Module):
         audio_channels: Optional[int] = 128,
         inter_channels: Optional[int] = None,
         normalize_inputs: bool = False,
+        audio_bias: bool = True,
     ):
         super().__init__()
         self.channels = channels
         self.inter_channels = inter_channels or max(channels // 2, 1)
         self.normalize_inputs = normalize_inputs
-        self.align_channel = nn.Linear(audio_channels, channels) if audio_channels is not None else None
+        self.align_channel = nn.Linear(audio_channels, channels, bias=audio_bias) if audio_channels is not None else None
         self.g = nn.Conv3d(channels, self.inter_channels, kernel_size=1)
         self.theta = nn.Conv3d(channels, self.inter_channels, kernel_size=1)
         self.phi = nn.Conv3d(channels, self.inter_channels, kernel_size=1)
@@ -96,9 +101,9 @@ class TPAVI(nn.Module):
         Y = θ·M row by row, so conv_W(Y) = (W_W·Mᵀ)·θ + b_W: one C×C' matrix per clip applied to θ.
         """
         batch = audio.shape[0]
-        theta = _pointwise(self.theta, frames)
-        phi = _linear(self.phi, audio)
-        g_mean = rearrange(_linear(self.g, frames.mean(dim=(2, 3))), "(b t) q -> b t q", b=batch)
+        theta = pointwise_conv(self.theta, frames)
+        phi = conv_as_linear(self.phi, audio)
+        g_mean = rearrange(conv_as_linear(self.g, frames.mean(dim=(2, 3))), "(b t) q -> b t q", b=batch)
         mixing = torch.einsum("btp,btq->bpq", phi, g_mean) / num_frames
         projection = torch.einsum("cq,bpq->bcp", self.W_z[0].weight.flatten(1), mixing)
         theta = rearrange(theta, "(b t) p h w -> b t p (h w)", b=batch)
