@@ -54,8 +54,9 @@ def test_tables_match_the_runs_metrics(compared):
         metrics = json.loads((out / row["name"] / "eval_test" / "metrics.json").read_text())
         assert set(metrics["results"]) == {"normal", "shuffle"}
         for mode in ("normal", "shuffle"):
-            for key in C.METRIC_KEYS:
-                assert float(row[f"{key}_{mode}"]) == metrics["results"][mode]["metrics"][key]
+            for key in C.METRIC_KEYS:  # binary runs have no AVSS real-frames variant: empty cells
+                expected = metrics["results"][mode]["metrics"].get(key)
+                assert (row[f"{key}_{mode}"] == "") if expected is None else float(row[f"{key}_{mode}"]) == expected
         normal = metrics["results"]["normal"]["metrics"]
         shuffled = metrics["results"]["shuffle"]["metrics"]["miou"]
         line = next(text for text in table.splitlines() if text.startswith(f"| `{row['name']}` |"))
@@ -152,3 +153,18 @@ def test_negative_audio_modes_add_fpr_and_pn_hmean(compared):
         assert f"| {float(csv_row['pn_hmean']):.4f} |" in line
     visual = rows[0]  # s4_visual_only ignores the sound: the same pixels are predicted under every sound
     assert visual.name == "s4_visual_only" and len({visual.metrics[mode]["fpr"] for mode in ("silent", "noise", "offscreen")}) == 1
+
+
+def test_avss_rows_show_the_real_frames_variant():
+    """AVSS results carry miou/fscore and the padded-frames-skipped variant, not the batch-independent one."""
+    metrics = {"normal": {"miou": 0.25, "fscore": 0.3, "miou_real_frames": 0.2, "fscore_real_frames": 0.28},
+               "shuffle": {"miou": 0.1, "fscore": 0.15, "miou_real_frames": 0.05, "fscore_real_frames": 0.1}}
+    row = C.CompareRow(name="avss_tpavi", config="configs/compare/avss_tpavi.yaml", task="avss", split="test",
+                       checkpoint="best.pth", epoch=1, epochs=1, steps=2, params=10, trainable_params=10,
+                       train_time_s=1.0, train_wall_s=1.0, fps=1.0, fps_device="cpu", metrics=metrics)
+    table = C.results_table([row], ["normal", "shuffle"])
+    assert "mIoU (real frames)" in table and "batch-indep." not in table
+    assert "| `avss_tpavi` | 0.2500 | 0.3000 | 0.2000 | 0.2800 | 0.1000 | -0.1500 |" in table
+    lines = C.results_csv([row], ["normal", "shuffle"]).splitlines()
+    values = dict(zip(lines[0].split(","), lines[1].split(",")))
+    assert values["miou_real_frames_normal"] == "0.2" and values["miou_batch_independent_normal"] == ""

@@ -46,7 +46,11 @@ RESULTS_MD = "results.md"
 RESULTS_CSV = "results.csv"
 RESULTS_PNG = "results.png"
 RUN_SUMMARY = "compare.json"
-METRIC_KEYS = ("miou", "fscore", "miou_batch_independent", "fscore_batch_independent")
+METRIC_KEYS = ("miou", "fscore", "miou_batch_independent", "fscore_batch_independent", "miou_real_frames", "fscore_real_frames")
+#: The second pair of columns beside the official numbers: binary AVSBench results carry the
+#: batch-independent variant, AVSS results the variant that skips padded frames.
+SECOND_VARIANTS = (("miou_batch_independent", "fscore_batch_independent", "batch-indep."),
+                   ("miou_real_frames", "fscore_real_frames", "real frames"))
 # Keys that do not change what a run learns: a finished run is reused even when they differ.
 # ``train.epochs`` may grow: a run with fewer epochs is continued from its last.pth.
 IGNORED_KEYS = ("name", "output_dir", "device", "data.num_workers", "train.progress", "train.tensorboard",
@@ -295,7 +299,7 @@ def results_csv(rows: Sequence[CompareRow], audio_modes: Sequence[str]) -> str:
     for row in rows:
         record = asdict(row)
         values = [record[column] for column in RUN_COLUMNS]
-        values += [row.metrics[mode][key] for mode in audio_modes for key in METRIC_KEYS]
+        values += [row.metrics[mode].get(key) for mode in audio_modes for key in METRIC_KEYS]
         values += [row.metrics[mode]["fpr"] for mode in _negative(audio_modes)]
         values += [row.robust["pn_hmean"]] if _negative(audio_modes) else []
         writer.writerow([repr(v) if isinstance(v, float) else v for v in values])
@@ -307,12 +311,21 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
+def _second_variant(rows: Sequence[CompareRow]) -> Tuple[str, str, str]:
+    """The (mIoU key, F key, label) of the variant the first row's normal-audio metrics carry."""
+    for miou_key, fscore_key, label in SECOND_VARIANTS:
+        if rows and miou_key in rows[0].metrics["normal"]:
+            return miou_key, fscore_key, label
+    return SECOND_VARIANTS[0]
+
+
 def results_table(rows: Sequence[CompareRow], audio_modes: Sequence[str]) -> str:
     """The Markdown table: official and batch-independent mIoU/F, counterfactual mIoU (and FPR for the
     negative modes, then pn_hmean), costs."""
     counterfactual = [mode for mode in audio_modes if mode != "normal"]
     negative = _negative(audio_modes)
-    header = ["config", "mIoU (official)", "F (official)", "mIoU (batch-indep.)", "F (batch-indep.)"]
+    miou_key, fscore_key, label = _second_variant(rows)
+    header = ["config", "mIoU (official)", "F (official)", f"mIoU ({label})", f"F ({label})"]
     for mode in counterfactual:
         header += [f"mIoU {mode} audio", f"Δ mIoU {mode}"] + ([f"FPR {mode}"] if mode in negative else [])
     header += (["pn_hmean"] if negative else []) + ["params (M)", "train time", "inference fps"]
@@ -320,7 +333,7 @@ def results_table(rows: Sequence[CompareRow], audio_modes: Sequence[str]) -> str
     for row in rows:
         normal = row.metrics["normal"]
         cells = [f"`{row.name}`", _number(normal["miou"]), _number(normal["fscore"]),
-                 _number(normal["miou_batch_independent"]), _number(normal["fscore_batch_independent"])]
+                 _number(normal.get(miou_key)), _number(normal.get(fscore_key))]
         for mode in counterfactual:
             miou = row.metrics[mode]["miou"]
             cells += [_number(miou), f"{miou - normal['miou']:+.4f}"] + ([_number(row.metrics[mode]["fpr"])] if mode in negative else [])
@@ -351,6 +364,8 @@ def results_markdown(rows: Sequence[CompareRow], audio_modes: Sequence[str], com
             f"Split `{split}`. mIoU and F are the AVSBench metrics: *official* takes the F maximum (and the mIoU mean) "
             f"per test batch of {batch_clips} clips in dataset order, as the released test scripts do; "
             "*batch-indep.* averages mIoU over all scored frames and takes F from the curve of all frames. "
+            "AVSS rows (71 classes) give the official `avss/test.py` numbers (means over all 71 classes, never-seen "
+            "classes counting 0, padded frames scored) and *real frames* (padded frames skipped). "
             "Counterfactual columns evaluate the same checkpoint with each clip's sound replaced: `shuffle` gives "
             "every clip another clip's log-mel (fixed derangement, `eval.shuffle_seed`), `silent` the log-mel of "
             "silence, `noise` seeded white noise at −20 dBFS and `offscreen` the sound of a clip of another category group "
