@@ -3,7 +3,6 @@ import csv
 import json
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from avseg.data.loaders import ContiguousShardSampler
 from avseg.errors import ConfigError
 from avseg.evaluation import AVSSEvaluator, build_evaluator, format_table
+from local_ports import free_port
 
 NUM_CLASSES = 71
 FRAMES = 10  # every AVSS clip is padded to 10 frames
@@ -164,11 +164,6 @@ def test_config_with_task_avss_builds_the_semantic_evaluator():
 
 
 # ----------------------------------------------------------------------------- DDP: the per-class sums all-reduced
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _dist_worker(rank, world_size, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
@@ -186,7 +181,7 @@ def _dist_worker(rank, world_size, port, out_dir):
 
 @pytest.mark.slow
 def test_two_process_gloo_evaluation_equals_single_process(tmp_path):
-    mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_dist_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(0)
     dataset, model = FakeSemanticClips(), FakeSemanticModel()
     single = AVSSEvaluator(NUM_CLASSES, progress=False).run(model, DataLoader(dataset, batch_size=2), "cpu")

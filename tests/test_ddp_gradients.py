@@ -12,7 +12,6 @@ annotated frames per clip and back-propagate the masked cross-entropy + AV-map l
 """
 import functools
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from torch import nn
 
 from avseg.config import load_config
 from avseg.models import build_model, registry
+from local_ports import free_port
 
 pytestmark = pytest.mark.slow  # spawns 2 processes (about 35 s of CPU time in all on the 2-core sandbox)
 
@@ -97,11 +97,6 @@ def _gradients(model):
     return {name: p.grad.numpy().copy() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
@@ -128,7 +123,7 @@ def _worker(rank, port, out_dir):
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp_gradients")
-    mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
     return [dict(np.load(out_dir / f"rank{rank}.npz")) for rank in range(WORLD_SIZE)]
 
 

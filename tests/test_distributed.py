@@ -1,7 +1,6 @@
 """Samplers for (seed, epoch)-determined, rank-sharded data, and a 2-process gloo DDP run on loopback."""
 import csv
 import os
-import socket
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch.multiprocessing as mp
 from avseg.checkpoint import read_checkpoint
 from avseg.data.loaders import ContiguousShardSampler, EpochShuffleSampler
 from test_trainer import TinyDataset, TinyEvaluator, TinyModel
+from local_ports import free_port
 
 
 def test_training_order_depends_on_seed_and_epoch_only():
@@ -38,11 +38,6 @@ def test_evaluation_shards_are_whole_batches_in_order(length, batch_size, world_
     assert local_batches == single_batches  # each rank forms exactly the single-process batches
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _ddp_worker(rank, world_size, port, out_dir):
     os.environ.update(
@@ -63,7 +58,7 @@ def _ddp_worker(rank, world_size, port, out_dir):
 @pytest.mark.slow
 def test_two_process_gloo_run_writes_one_set_of_files(tmp_path):
     out_dir = tmp_path / "run"
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(out_dir)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(out_dir)), nprocs=2, join=True)
 
     # 22 training items over 2 ranks of batch 3: 11 items per rank -> 4 steps per epoch on each rank.
     reports = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]

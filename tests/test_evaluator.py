@@ -4,7 +4,6 @@ import csv
 import json
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -29,6 +28,7 @@ from avseg.evaluation import (
     write_metrics_json,
 )
 from avseg.evaluation.rle import sidecar_path
+from local_ports import free_port
 
 T, SIZE, CLIPS = 3, 16, 7
 
@@ -294,11 +294,6 @@ def test_build_evaluator_dispatch(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- distributed
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _dist_worker(rank, world_size, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
@@ -320,7 +315,7 @@ def _dist_worker(rank, world_size, port, out_dir):
 
 
 def test_two_process_evaluation_equals_single_process(tmp_path, data_and_model):
-    mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_dist_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     dataset, model = data_and_model
     single_dir = tmp_path / "single"
     single = AVSBenchEvaluator(batch_clips=4, out_dir=str(single_dir), save_rle=True, progress=False).evaluate(model, _loader(dataset), "cpu")

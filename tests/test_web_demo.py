@@ -18,6 +18,7 @@ from avseg.inference.video import iter_frames, probe_video
 from avseg.inference.web_app import VARIANTS, WebDemo, shifted_sound, write_synthetic_clip
 
 from test_segmenter import ProbeModel, tiny_checkpoint  # noqa: F401  (a shared fixture)
+from local_ports import free_port
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 BROWSER_MISSING = [name for name, found in [
@@ -81,11 +82,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def _video_state(driver, element_id):
     return driver.execute_script(
@@ -115,7 +111,7 @@ def test_the_page_in_a_real_browser(tmp_path, tiny_checkpoint, monkeypatch, one_
     monkeypatch.setattr(socket.socket, "connect", recording_connect)
 
     app = build_app(tiny_checkpoint, device="cpu", workdir=tmp_path / "web")
-    url = launch(app, port=_free_port(), block=False)
+    url = launch(app, port=free_port(), block=False)
     upload = write_synthetic_clip(tmp_path / "upload.mp4", seed=11, size=64)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM

@@ -164,7 +164,7 @@ class FeatureCache:
         codes: Dict[str, torch.Tensor] = {}
         if self.latent is not None:
             shared = self.latent.enc_vac
-            codes["vac"] = shared.fc_gt_vector(shared.tower(images))
+            codes["vac"] = shared.image_vector(images)
             if not self.latent.shared_only:
                 codes["vs"] = self.latent.enc_vs(images)[0]
         return [
@@ -197,7 +197,7 @@ class FeatureCache:
         latent = self.latent
         shared = latent.enc_vac
         image_vectors = torch.stack([f.image_codes["vac"] for f in frames])
-        codes = {"c": shared.fc1(torch.cat([audio, image_vectors], dim=1))}
+        codes = {"c": shared.from_vector(audio, image_vectors, mean_only=True)}
         if not latent.shared_only:
             codes["vs"] = torch.stack([f.image_codes["vs"] for f in frames])
             codes["as"] = latent.enc_as(audio)[0]

@@ -40,18 +40,16 @@ def global_mean(total: torch.Tensor, count: Union[int, float, torch.Tensor]) -> 
     """``total`` (a local sum, scalar) divided by the global ``count``, scaled by the world size.
 
     Every rank must call it (it all-reduces ``count``). ``count`` may be 0 on a rank (its ``total``
-    is then 0); the global count must be positive.
+    is then 0); the global count must be positive. A Python ``count`` is checked here; a tensor count
+    is not (reading it would stall the training step on a GPU): a global count of 0 gives a NaN loss,
+    which the trainer reports with the step and every loss term.
     """
     world = world_size()
+    if world == 1 and not torch.is_tensor(count) and count <= 0:
+        raise ValueError(f"global_mean needs a positive count, got {count}")
     if world == 1:
-        count_tensor = torch.as_tensor(count, dtype=total.dtype, device=total.device)
-        if float(count_tensor) <= 0:
-            raise ValueError("global_mean needs a positive count")
-        return total / count_tensor
-    all_count = global_count(count, total.device)
-    if float(all_count) <= 0:
-        raise ValueError("global_mean needs a positive count summed over ranks")
-    return total * world / all_count.to(total.dtype)
+        return total / (count.to(total.dtype) if torch.is_tensor(count) else count)
+    return total * world / global_count(count, total.device).to(total.dtype)
 
 
 def batch_mean(values: torch.Tensor) -> torch.Tensor:

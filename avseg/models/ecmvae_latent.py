@@ -104,9 +104,17 @@ class AudioImageLatentEncoder(StridedConvTower):
         self.fc1 = nn.Linear(audio_dim + vector_dim, latent_dim)
         self.fc2 = nn.Linear(audio_dim + vector_dim, latent_dim)
 
+    def image_vector(self, images: torch.Tensor) -> torch.Tensor:
+        """The image half of the input: ``[N, C, H, W] -> [N, audio_dim // 4]`` (per frame, cacheable)."""
+        return self.fc_gt_vector(self.tower(images))
+
+    def from_vector(self, audio: torch.Tensor, image_vector: torch.Tensor, mean_only: bool = False):
+        """(μ, logvar) from the audio ``[N, audio_dim]`` and :meth:`image_vector`; only μ with ``mean_only``."""
+        joint = torch.cat([audio, image_vector], dim=1)
+        return self.fc1(joint) if mean_only else (self.fc1(joint), self.fc2(joint))
+
     def forward(self, audio: torch.Tensor, images: torch.Tensor) -> Gaussian:
-        joint = torch.cat([audio, self.fc_gt_vector(self.tower(images))], dim=1)
-        return self.fc1(joint), self.fc2(joint)
+        return self.from_vector(audio, self.image_vector(images))
 
 
 class LatentInjection(nn.Module):
