@@ -109,6 +109,22 @@ def test_accumulates_over_batches_like_the_official_sums():
     assert_scores_equal(metric.compute(), reference_scores(all_official, all_labels))
 
 
+def test_reused_maxima_buffer_across_sizes_and_dtypes():
+    """The buffer kept for the per-pixel maxima is resized or replaced: batches of other sizes and dtypes
+    (and a padded batch, scored in runs) give the same sums as a fresh metric per batch."""
+    batches = [clip_batch(6, num_frames=4, size=16, padded_from=4), clip_batch(7, num_frames=6, size=24, padded_from=3),
+               clip_batch(8, num_frames=2, size=8, padded_from=2)]
+    batches[1] = (batches[1][0].double(), *batches[1][1:])
+    reused, fresh_state = AVSSMetric(), torch.zeros_like(AVSSMetric().state())
+    for logits, labels, frame_valid, _ in batches:
+        reused.update(logits, labels, frame_valid)
+        fresh = AVSSMetric()
+        fresh.update(logits, labels, frame_valid)
+        fresh_state += fresh.state()
+    assert torch.equal(reused.state(), fresh_state)
+    assert_scores_equal(fresh.compute(), reference_scores(batches[-1][3], batches[-1][1]))
+
+
 def test_counts_equal_the_official_histc_bins():
     """The official ``torch.histc(v + 1, bins=C, min=1, max=C)`` bins map class c to bin c, for every c."""
     logits, labels, _, _ = clip_batch(5, num_frames=3, padded_from=3)

@@ -81,13 +81,15 @@ def first_max_classes(logits: torch.Tensor) -> torch.Tensor:
     return _first_max_classes(logits).cpu()
 
 
-def _first_max_classes(logits: torch.Tensor) -> torch.Tensor:
+def _first_max_classes(logits: torch.Tensor, top_buffer: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`first_max_classes` on the logits' device.
 
     On the CPU one pass of ``max_pool2d(return_indices=True)`` over the class axis, seen as the width of
     a channels-last ``[N, H·W, 1, C]`` view (no copy): the pooling kernel keeps a running maximum and its
     index for all pixels at once (a strict ``>``, so the first maximum wins), several times faster than
-    ``torch.argmax(dim=1)``, whose reduction runs across the strided class axis.
+    ``torch.argmax(dim=1)``, whose reduction runs across the strided class axis. ``top_buffer`` (a CPU
+    tensor of the logits' dtype, resized as needed) receives the maxima, so repeated calls do not
+    allocate (and page-fault) a fresh ``[N, H·W]`` block each time.
     """
     if logits.ndim != 4:
         raise ValueError(f"logits must be [N, C, H, W], got {list(logits.shape)}")
@@ -101,7 +103,11 @@ def _first_max_classes(logits: torch.Tensor) -> torch.Tensor:
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
         pixels_as_channels = logits.reshape(num_frames, num_classes, height * width).transpose(1, 2).unsqueeze(2)
-        top, classes = torch.nn.functional.max_pool2d(pixels_as_channels, kernel_size=(1, num_classes), return_indices=True)
+        if top_buffer is None or top_buffer.dtype != logits.dtype:
+            top_buffer = logits.new_empty(0)
+        top, classes = torch.ops.aten.max_pool2d_with_indices.out(
+            pixels_as_channels, [1, num_classes], [1, num_classes], [0, 0], [1, 1], False,
+            out=top_buffer, indices=torch.empty(0, dtype=torch.long))
     classes = classes.view(num_frames, height, width)
     if not bool(torch.isfinite(torch.stack(torch.aminmax(top))).all()):  # one cheap pass decides
         classes.masked_fill_(~torch.isfinite(top.view(num_frames, height, width)), 0)
@@ -169,6 +175,7 @@ class AVSSMetric:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         self.num_classes = num_classes
         self._sums = torch.zeros(len(VARIANTS), STATE_ROWS, num_classes, dtype=torch.float64)
+        self._top_buffer = torch.empty(0)  # per-pixel maxima of the last CPU batch, reused (see _first_max_classes)
 
     def reset(self) -> None:
         self._sums.zero_()
@@ -188,11 +195,11 @@ class AVSSMetric:
         labels = self._checked_classes(labels, "labels", torch.Size([logits.shape[0], *logits.shape[2:]]))
         runs = _valid_runs(real)
         if runs == [(0, logits.shape[0])]:
-            predicted = _first_max_classes(logits).cpu()
+            predicted = _first_max_classes(logits, self._top_buffer).cpu()
         else:
             predicted = torch.zeros(labels.shape, dtype=torch.long)
             for start, stop in runs:
-                predicted[start:stop] = _first_max_classes(logits[start:stop]).cpu()
+                predicted[start:stop] = _first_max_classes(logits[start:stop], self._top_buffer).cpu()
         self._accumulate(predicted, labels, real & self._flags(mask_valid, logits.shape[0], "mask_valid"))
         return predicted
 
