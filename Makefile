@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 
 install: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py avseg/evaluation/_class_confusion.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
 	@# optional extras for the export and browser-demo tests; those tests skip with a reason when absent

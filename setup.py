@@ -1,6 +1,7 @@
+import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 ROOT = Path(__file__).parent
 version = {}
@@ -46,6 +47,16 @@ setup(
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
         "resampy": ["resampy>=0.4"],
     },
+    # The fused AVSS arg-max + confusion kernel (avseg/evaluation/_class_confusion.c). Optional: without a C
+    # compiler the install goes on and AVSSMetric takes its pure-torch path (same numbers, slower).
+    ext_modules=[
+        Extension(
+            "avseg.evaluation._class_confusion",
+            ["avseg/evaluation/_class_confusion.c"],
+            extra_compile_args=[] if sys.platform == "win32" else ["-O3"],
+            optional=True,
+        )
+    ],
     entry_points={
         "console_scripts": [
             "avseg-train=avseg.cli.train:entry",

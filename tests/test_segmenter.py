@@ -156,12 +156,17 @@ def test_rotated_video_is_turned_upright(tmp_path):
 def test_predict_video_shapes_and_determinism(tmp_path, tiny_checkpoint):
     video = write_video(tmp_path / "odd.mp4", 3.0, fps=4, size=(75, 41), pix_fmt="yuv444p")  # odd sizes
     first = Segmenter.from_checkpoint(tiny_checkpoint, device="cpu").predict_video(video)
-    again = Segmenter.from_checkpoint(tiny_checkpoint, device="cpu", batch_size=1).predict_video(video)
+    repeat = Segmenter.from_checkpoint(tiny_checkpoint, device="cpu").predict_video(video)
+    one_by_one = Segmenter.from_checkpoint(tiny_checkpoint, device="cpu", batch_size=1).predict_video(video)
     assert first.masks.shape == (12, 41, 75) and first.masks.dtype == bool
     assert first.probabilities.shape == (12, 64, 64)
     assert first.clip_seconds == 3 and list(first.window_starts) == [0.0]
-    np.testing.assert_array_equal(first.probabilities, again.probabilities)
-    np.testing.assert_array_equal(first.masks, again.masks)
+    np.testing.assert_array_equal(first.probabilities, repeat.probabilities)
+    np.testing.assert_array_equal(first.masks, repeat.masks)
+    # another batch size may pick another convolution algorithm (seen on AMD EPYC): float32 rounding only
+    np.testing.assert_allclose(first.probabilities, one_by_one.probabilities, rtol=0, atol=1e-6)
+    clear = np.abs(np.stack([first.probability(index) for index in range(len(first))]) - first.threshold) > 1e-5
+    np.testing.assert_array_equal(first.masks[clear], one_by_one.masks[clear])
     assert first.mask(5).shape == (41, 75)
 
 

@@ -1,14 +1,21 @@
 """AVSS metric parity: AVSSMetric against a float64 loop transcription of the official formulas."""
 import math
+import shutil
+import sysconfig
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from avseg.evaluation.semantic_metrics import AVSSMetric, first_max_classes, frame_class_counts
+from avseg.evaluation import semantic_metrics
+from avseg.evaluation.semantic_metrics import (AVSSMetric, classes_and_confusions, first_max_classes, frame_class_counts,
+                                               frame_confusions, fused_kernel_available)
 
 TOL = 1e-6
 NUM_CLASSES = 71
+needs_kernel = pytest.mark.skipif(not fused_kernel_available(), reason="the compiled AVSS kernel is not built (no C compiler at install)")
+PATHS = [pytest.param(True, marks=needs_kernel, id="kernel"), pytest.param(False, id="torch")]  # AVSSMetric(fused=...)
 
 
 # ----------------------------------------------------------------------------- reference (official formulas, loops)
@@ -76,9 +83,10 @@ def clip_batch(seed: int, num_frames: int = 10, size: int = 16, padded_from: int
 
 
 # ----------------------------------------------------------------------------- parity
-def test_matches_reference_with_padded_frames_absent_and_unlabelled_classes():
+@pytest.mark.parametrize("fused", PATHS)
+def test_matches_reference_with_padded_frames_absent_and_unlabelled_classes(fused):
     logits, labels, frame_valid, official_logits = clip_batch(0)
-    metric = AVSSMetric(NUM_CLASSES)
+    metric = AVSSMetric(NUM_CLASSES, fused=fused)
     metric.update(logits, labels, frame_valid)
     official = metric.compute()
     assert_scores_equal(official, reference_scores(official_logits, labels))
@@ -90,9 +98,10 @@ def test_matches_reference_with_padded_frames_absent_and_unlabelled_classes():
     assert real["class_frames"][0] == 5 and real["miou"] != pytest.approx(official["miou"], abs=1e-4)
 
 
-def test_without_frame_flags_every_frame_scores_as_given():
+@pytest.mark.parametrize("fused", PATHS)
+def test_without_frame_flags_every_frame_scores_as_given(fused):
     logits, labels, _, _ = clip_batch(1, num_frames=4, padded_from=4)
-    metric = AVSSMetric()
+    metric = AVSSMetric(fused=fused)
     metric.update(logits, labels)
     expected = reference_scores(logits, labels)
     assert_scores_equal(metric.compute(), expected)
@@ -109,16 +118,17 @@ def test_accumulates_over_batches_like_the_official_sums():
     assert_scores_equal(metric.compute(), reference_scores(all_official, all_labels))
 
 
-def test_reused_maxima_buffer_across_sizes_and_dtypes():
-    """The buffer kept for the per-pixel maxima is resized or replaced: batches of other sizes and dtypes
-    (and a padded batch, scored in runs) give the same sums as a fresh metric per batch."""
+@pytest.mark.parametrize("fused", PATHS)
+def test_one_metric_across_sizes_and_dtypes(fused):
+    """One metric fed batches of other sizes and dtypes (and padded batches, scored in runs) holds the
+    same sums as a fresh metric per batch."""
     batches = [clip_batch(6, num_frames=4, size=16, padded_from=4), clip_batch(7, num_frames=6, size=24, padded_from=3),
                clip_batch(8, num_frames=2, size=8, padded_from=2)]
     batches[1] = (batches[1][0].double(), *batches[1][1:])
-    reused, fresh_state = AVSSMetric(), torch.zeros_like(AVSSMetric().state())
+    reused, fresh_state = AVSSMetric(fused=fused), torch.zeros_like(AVSSMetric().state())
     for logits, labels, frame_valid, _ in batches:
         reused.update(logits, labels, frame_valid)
-        fresh = AVSSMetric()
+        fresh = AVSSMetric(fused=fused)
         fresh.update(logits, labels, frame_valid)
         fresh_state += fresh.state()
     assert torch.equal(reused.state(), fresh_state)
@@ -164,8 +174,9 @@ def test_class_maps_from_elsewhere_give_the_same_sums():
     assert torch.equal(from_logits.state(), from_classes.state())
 
 
-def test_rejects_bad_inputs():
-    metric = AVSSMetric()
+@pytest.mark.parametrize("fused", PATHS)
+def test_rejects_bad_inputs(fused):
+    metric = AVSSMetric(fused=fused)
     logits, labels, frame_valid, _ = clip_batch(8, num_frames=2, padded_from=2)
     with pytest.raises(ValueError, match=r"logits must be \[N, 71, H, W\]"):
         metric.update(logits[:, :70], labels)
@@ -211,3 +222,78 @@ def test_first_max_classes_on_any_layout_class_count_and_dtype():
     blank = torch.full((1, NUM_CLASSES, 2, 2), float("-inf"))
     assert torch.equal(first_max_classes(blank), torch.zeros(1, 2, 2, dtype=torch.long))
     assert first_max_classes(torch.zeros(0, NUM_CLASSES, 4, 4)).shape == (0, 4, 4)
+
+
+# ----------------------------------------------------------------------------- compiled kernel
+def special_logits(num_frames: int, num_classes: int, height: int, width: int, seed: int) -> torch.Tensor:
+    """Random logits with ties, NaN, +inf, all -inf and all-equal pixels (``[N, C, H, W]`` float32)."""
+    logits = torch.randn(num_frames, num_classes, height, width, generator=torch.Generator().manual_seed(seed))
+    logits[0, :, 0, :3] = 0.0  # all tied: class 0
+    logits[0, num_classes // 2, 1, :4] = logits[0, -1, 1, :4] = logits[0, :, 1, :4].amax(dim=0) + 1  # a tie at the top
+    logits[-1, 1, 0, 0] = float("nan")
+    logits[-1, 0, 0, 1] = float("nan")  # a NaN in the first class, where the running maximum starts
+    logits[-1, -1, 0, 2] = float("inf")
+    logits[-1, :, 0, 3] = float("-inf")
+    return logits
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(1, NUM_CLASSES, 48, 50), (3, NUM_CLASSES, 40, 70), (5, 2, 9, 7), (2, 200, 5, 6)])
+def test_kernel_equals_the_torch_path(shape):
+    """Class maps and confusions of the compiled kernel equal ``max_pool2d`` + ``bincount``: first maximum on
+    ties, class 0 for NaN / infinite pixels, frames split over threads (3 frames on 2 threads), pixel counts
+    past one block (2400, 2800) and not a multiple of it, 2 and 200 classes, int32 labels."""
+    logits = special_logits(*shape, seed=sum(shape))
+    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=torch.Generator().manual_seed(1), dtype=torch.int32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        kernel = classes_and_confusions(logits, labels, fused=True)
+    finally:
+        torch.set_num_threads(threads)
+    torch_path = classes_and_confusions(logits, labels, fused=False)
+    assert torch.equal(kernel[0], torch_path[0]) and torch.equal(kernel[1], torch_path[1])
+    assert kernel[0].dtype == torch.long and kernel[1].shape == (shape[0], shape[1], shape[1])
+    assert torch.equal(kernel[1], frame_confusions(logits.argmax(dim=1).masked_fill(~torch.isfinite(logits).all(dim=1) |
+                                                   torch.isinf(logits.amax(dim=1)), 0), labels.long(), shape[1]))
+    assert kernel[0][-1, 0, :4].tolist() == [0, 0, 0, 0]
+
+
+@needs_kernel
+def test_kernel_rejects_buffers_of_the_wrong_kind():
+    kernel = semantic_metrics._class_confusion.argmax_confusion
+    logits = np.zeros((2, 3, 4), np.float32)
+    labels, classes, confusion = np.zeros((2, 4), np.int64), np.zeros((2, 4), np.int64), np.zeros((2, 3, 3), np.int64)
+    kernel(logits, labels, classes, confusion, 3, 0, 2)
+    assert confusion[:, 0, 0].tolist() == [4, 4]
+    with pytest.raises(ValueError, match="logits: expected float items of 4 bytes"):
+        kernel(logits.astype(np.float64), labels, classes, confusion, 3, 0, 2)
+    with pytest.raises(ValueError, match="labels: expected integer items"):
+        kernel(logits, labels.astype(np.float64), classes, confusion, 3, 0, 2)
+    with pytest.raises(ValueError, match="logits: expected 24 items, got 12"):
+        kernel(logits[:1].copy(), labels, classes, confusion, 3, 0, 2)
+    with pytest.raises(ValueError, match="classes: expected a C-contiguous writable buffer"):
+        kernel(logits, labels, classes.T, confusion, 3, 0, 2)
+    with pytest.raises(ValueError, match="frames 1..3 outside the 2 frames"):
+        kernel(logits, labels, classes, confusion, 3, 1, 3)
+    labels[1, 2] = 3
+    with pytest.raises(ValueError, match=r"labels: 1 values outside 0..2"):
+        kernel(logits, labels, classes, confusion, 3, 0, 2)
+
+
+def test_kernel_is_built_where_a_compiler_and_headers_exist():
+    """``pip install`` builds the kernel when it can: a silently failed build would leave the slow path."""
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    if not (shutil.which("cc") or shutil.which("gcc")) or not headers.exists():
+        pytest.skip("no C compiler or Python headers here: the torch path is the expected one")
+    assert fused_kernel_available(), "a C compiler is present but avseg.evaluation._class_confusion is not built: reinstall avseg (make install)"
+
+
+def test_fused_true_without_the_kernel_is_an_error(monkeypatch):
+    monkeypatch.setattr(semantic_metrics, "_class_confusion", None)
+    with pytest.raises(RuntimeError, match="not built"):
+        AVSSMetric(fused=True)
+    logits, labels = torch.randn(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="not built"):
+        classes_and_confusions(logits, labels, fused=True)
+    assert torch.equal(classes_and_confusions(logits, labels)[0], logits.argmax(dim=1))

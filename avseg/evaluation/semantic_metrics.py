@@ -31,9 +31,13 @@ first maximal logit except where two logits differ by less than float32 rounding
 official then keeps the lower index). Here the arg-max is the first maximal logit; a pixel with a NaN
 logit or an infinite maximum gets class 0, as the official softmax turns such a pixel into NaNs.
 
-Speed: one ``max_pool2d`` pass gives the arg-max of every pixel (:func:`first_max_classes`), and one
-``bincount`` of int32 ``(frame, predicted, labelled)`` keys every frame's confusion counts; both
-variants come from the same per-frame scores.
+Speed: on the CPU a compiled kernel (``avseg/evaluation/_class_confusion.c``, built by ``pip install``)
+reads float32 logits once and gives every pixel's arg-max and every frame's confusion counts in the
+same pass, frames split over ``torch.get_num_threads()`` threads. Without it (no C compiler at install,
+``fused=False``, logits on a GPU or not float32) one ``max_pool2d`` pass gives the arg-max
+(:func:`first_max_classes`) and one ``bincount`` of int32 ``(frame, predicted, labelled)`` keys the
+confusion counts; both paths give the same class maps and counts. Both variants come from the same
+per-frame scores.
 
 The sums are float64 (the official accumulates in float32; the difference is far below 1e-6). They
 are additive: :meth:`AVSSMetric.state` gives one ``[2, 3, C]`` tensor that can be all-reduced (summed)
@@ -47,8 +51,11 @@ for configs with ``data.task: avss`` and prints both variants (:func:`format_avs
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -71,6 +78,23 @@ STATE_ROWS = 3
 
 TensorLike = Union[torch.Tensor, np.ndarray]
 
+try:
+    from avseg.evaluation import _class_confusion
+except ImportError:  # built by `pip install` where a C compiler is present; the torch path gives the same numbers
+    _class_confusion = None
+
+
+def fused_kernel_available() -> bool:
+    """Whether the compiled arg-max + confusion kernel was built (``avseg/evaluation/_class_confusion.c``)."""
+    return _class_confusion is not None
+
+
+def _check_fused(fused: Optional[bool]) -> None:
+    """``fused=True`` asks for the compiled kernel: an error when it is not built."""
+    if fused and _class_confusion is None:
+        raise RuntimeError("fused=True: the compiled AVSS kernel avseg.evaluation._class_confusion is not built "
+                           "(reinstall avseg with a C compiler present, or pass fused=None/False)")
+
 
 def first_max_classes(logits: torch.Tensor) -> torch.Tensor:
     """Index of the first maximal logit per pixel: ``[N, C, H, W]`` → int64 ``[N, H, W]`` (on the CPU).
@@ -81,15 +105,20 @@ def first_max_classes(logits: torch.Tensor) -> torch.Tensor:
     return _first_max_classes(logits).cpu()
 
 
-def _first_max_classes(logits: torch.Tensor, top_buffer: Optional[torch.Tensor] = None) -> torch.Tensor:
+def pixels_as_channels(logits: torch.Tensor) -> torch.Tensor:
+    """``[N, C, H, W]`` contiguous logits seen as a channels-last ``[N, H·W, 1, C]`` tensor (a view, no copy):
+    each pixel a channel and the classes the width, so a ``(1, C)`` pooling window reduces the class axis."""
+    num_frames, num_classes = logits.shape[:2]
+    return logits.reshape(num_frames, num_classes, -1).transpose(1, 2).unsqueeze(2)
+
+
+def _first_max_classes(logits: torch.Tensor) -> torch.Tensor:
     """:func:`first_max_classes` on the logits' device.
 
-    On the CPU one pass of ``max_pool2d(return_indices=True)`` over the class axis, seen as the width of
-    a channels-last ``[N, H·W, 1, C]`` view (no copy): the pooling kernel keeps a running maximum and its
+    On the CPU one pass of ``max_pool2d(return_indices=True)`` over the class axis of
+    :func:`pixels_as_channels`: the pooling kernel keeps a running maximum and its
     index for all pixels at once (a strict ``>``, so the first maximum wins), several times faster than
-    ``torch.argmax(dim=1)``, whose reduction runs across the strided class axis. ``top_buffer`` (a CPU
-    tensor of the logits' dtype, resized as needed) receives the maxima, so repeated calls do not
-    allocate (and page-fault) a fresh ``[N, H·W]`` block each time.
+    ``torch.argmax(dim=1)``, whose reduction runs across the strided class axis.
     """
     if logits.ndim != 4:
         raise ValueError(f"logits must be [N, C, H, W], got {list(logits.shape)}")
@@ -102,12 +131,7 @@ def _first_max_classes(logits: torch.Tensor, top_buffer: Optional[torch.Tensor] 
     else:
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
-        pixels_as_channels = logits.reshape(num_frames, num_classes, height * width).transpose(1, 2).unsqueeze(2)
-        if top_buffer is None or top_buffer.dtype != logits.dtype:
-            top_buffer = logits.new_empty(0)
-        top, classes = torch.ops.aten.max_pool2d_with_indices.out(
-            pixels_as_channels, [1, num_classes], [1, num_classes], [0, 0], [1, 1], False,
-            out=top_buffer, indices=torch.empty(0, dtype=torch.long))
+        top, classes = torch.nn.functional.max_pool2d(pixels_as_channels(logits), kernel_size=(1, num_classes), return_indices=True)
     classes = classes.view(num_frames, height, width)
     if not bool(torch.isfinite(torch.stack(torch.aminmax(top))).all()):  # one cheap pass decides
         classes.masked_fill_(~torch.isfinite(top.view(num_frames, height, width)), 0)
@@ -127,11 +151,11 @@ def _valid_runs(frame_valid: torch.Tensor) -> List[Tuple[int, int]]:
     return runs
 
 
-def frame_class_counts(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-frame pixel counts ``[N, 3, C]`` int64: rows ``inter``, ``pred``, ``lab`` (official histograms).
+def frame_confusions(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-frame confusion counts ``[N, C, C]`` int64, indexed ``[frame, predicted, labelled]``.
 
     ``predicted`` and ``labels``: integer ``[N, H, W]`` CPU class maps with values in ``0..C-1``.
-    One ``bincount`` of ``(frame, predicted, labelled)`` gives every frame's confusion matrix.
+    One ``bincount`` of ``(frame, predicted, labelled)`` keys gives every frame's confusion matrix.
     """
     num_frames = predicted.shape[0]
     bins_per_frame = num_classes * num_classes
@@ -139,9 +163,49 @@ def frame_class_counts(predicted: torch.Tensor, labels: torch.Tensor, num_classe
     keys = torch.add(labels.reshape(num_frames, -1).to(key_dtype), predicted.reshape(num_frames, -1).to(key_dtype), alpha=num_classes)
     keys += torch.arange(num_frames, dtype=key_dtype).view(-1, 1) * bins_per_frame
     confusion = torch.bincount(keys.view(-1), minlength=num_frames * bins_per_frame)
-    confusion = confusion.view(num_frames, num_classes, num_classes)  # [frame, predicted, labelled]
+    return confusion.view(num_frames, num_classes, num_classes)
+
+
+def class_counts(confusion: torch.Tensor) -> torch.Tensor:
+    """Official per-frame histograms ``[N, 3, C]`` (rows ``inter``, ``pred``, ``lab``) of ``[N, C, C]`` confusions."""
     inter = torch.diagonal(confusion, dim1=1, dim2=2)
     return torch.stack([inter, confusion.sum(dim=2), confusion.sum(dim=1)], dim=1)
+
+
+def frame_class_counts(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-frame pixel counts ``[N, 3, C]`` int64 of class maps ``[N, H, W]``: rows ``inter``, ``pred``, ``lab``."""
+    return class_counts(frame_confusions(predicted, labels, num_classes))
+
+
+@functools.lru_cache(maxsize=None)
+def _thread_pool(threads: int, process_id: int) -> ThreadPoolExecutor:
+    """One pool per thread count and process (a forked child gets its own: the parent's threads are not there)."""
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="avss-metric")
+
+
+def classes_and_confusions(logits: torch.Tensor, labels: torch.Tensor, fused: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Arg-max class maps int64 ``[N, H, W]`` (as :func:`first_max_classes`) and confusions ``[N, C, C]``.
+
+    ``logits`` ``[N, C, H, W]``; ``labels`` integer ``[N, H, W]`` CPU class maps in ``0..C-1``. ``fused``:
+    None takes the compiled kernel for CPU float32 logits when it is built, False always the torch path
+    (``max_pool2d`` + ``bincount``), True the kernel or an error when it is not built.
+    """
+    _check_fused(fused)
+    num_frames, num_classes = logits.shape[:2]
+    if fused is False or _class_confusion is None or logits.device.type != "cpu" or logits.dtype != torch.float32:
+        classes = _first_max_classes(logits).cpu()
+        return classes, frame_confusions(classes, labels, num_classes)
+    classes = torch.empty(labels.shape, dtype=torch.long)
+    confusion = torch.empty(num_frames, num_classes, num_classes, dtype=torch.long)
+    buffers = (logits.detach().contiguous().numpy(), labels.to(torch.int64).contiguous().numpy(), classes.numpy(), confusion.numpy())
+    threads = max(1, min(torch.get_num_threads(), num_frames))
+    bounds = [num_frames * part // threads for part in range(threads + 1)]
+    if threads == 1:
+        _class_confusion.argmax_confusion(*buffers, num_classes, 0, num_frames)
+    else:
+        pool = _thread_pool(threads, os.getpid())
+        list(pool.map(lambda part: _class_confusion.argmax_confusion(*buffers, num_classes, bounds[part], bounds[part + 1]), range(threads)))
+    return classes, confusion
 
 
 def frame_scores(counts: torch.Tensor) -> torch.Tensor:
@@ -167,15 +231,17 @@ class AVSSMetric:
 
     ``update(logits [N, C, H, W], labels [N, H, W] int64, frame_valid [N] = None, mask_valid [N] = None)``
     per batch (one pass fills both variants); ``compute(variant)`` → ``{"miou", "fscore", "miou_no_last_class", "fscore_no_last_class",
-    "per_class_iou" [C], "per_class_fscore" [C], "class_frames" [C]}``.
+    "per_class_iou" [C], "per_class_fscore" [C], "class_frames" [C]}``. ``fused``: as in
+    :func:`classes_and_confusions` (None: the compiled kernel when built).
     """
 
-    def __init__(self, num_classes: int = 71):
+    def __init__(self, num_classes: int = 71, fused: Optional[bool] = None):
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        _check_fused(fused)
         self.num_classes = num_classes
+        self.fused = fused
         self._sums = torch.zeros(len(VARIANTS), STATE_ROWS, num_classes, dtype=torch.float64)
-        self._top_buffer = torch.empty(0)  # per-pixel maxima of the last CPU batch, reused (see _first_max_classes)
 
     def reset(self) -> None:
         self._sums.zero_()
@@ -195,12 +261,13 @@ class AVSSMetric:
         labels = self._checked_classes(labels, "labels", torch.Size([logits.shape[0], *logits.shape[2:]]))
         runs = _valid_runs(real)
         if runs == [(0, logits.shape[0])]:
-            predicted = _first_max_classes(logits, self._top_buffer).cpu()
+            predicted, confusion = classes_and_confusions(logits, labels, self.fused)
         else:
             predicted = torch.zeros(labels.shape, dtype=torch.long)
+            confusion = frame_confusions(predicted, labels, self.num_classes)
             for start, stop in runs:
-                predicted[start:stop] = _first_max_classes(logits[start:stop], self._top_buffer).cpu()
-        self._accumulate(predicted, labels, real & self._flags(mask_valid, logits.shape[0], "mask_valid"))
+                predicted[start:stop], confusion[start:stop] = classes_and_confusions(logits[start:stop], labels[start:stop], self.fused)
+        self._accumulate(confusion, real & self._flags(mask_valid, logits.shape[0], "mask_valid"))
         return predicted
 
     def update_classes(self, predicted: TensorLike, labels: TensorLike, frame_valid: Optional[TensorLike] = None,
@@ -215,11 +282,11 @@ class AVSSMetric:
         labels = self._checked_classes(labels, "labels", predicted.shape)
         real = self._flags(frame_valid, predicted.shape[0], "frame_valid")
         scored = real & self._flags(mask_valid, predicted.shape[0], "mask_valid")
-        self._accumulate(predicted.masked_fill(~real.view(-1, 1, 1), 0), labels, scored)
+        self._accumulate(frame_confusions(predicted.masked_fill(~real.view(-1, 1, 1), 0), labels, self.num_classes), scored)
 
-    def _accumulate(self, predicted: torch.Tensor, labels: torch.Tensor, scored: torch.Tensor) -> None:
-        """Official sums over every frame, real-frames sums over the ``scored`` ``[N]`` frames."""
-        scores = frame_scores(frame_class_counts(predicted, labels, self.num_classes))  # [N, 3, C]
+    def _accumulate(self, confusion: torch.Tensor, scored: torch.Tensor) -> None:
+        """Official sums over every frame of ``confusion`` ``[N, C, C]``, real-frames sums over the ``scored`` ``[N]`` frames."""
+        scores = frame_scores(class_counts(confusion))  # [N, 3, C]
         self._sums[VARIANTS.index(OFFICIAL)] += scores.sum(dim=0)
         self._sums[VARIANTS.index(REAL_FRAMES)] += scores[scored].sum(dim=0)
 
@@ -539,6 +606,8 @@ __all__ = [
     "AVSSMetric",
     "AVSSResult",
     "AVSS_TASK",
+    "class_counts",
+    "classes_and_confusions",
     "PER_CLASS_FIELDS",
     "OFFICIAL",
     "REAL_FRAMES",
@@ -547,5 +616,8 @@ __all__ = [
     "first_max_classes",
     "format_avss_table",
     "frame_class_counts",
+    "frame_confusions",
+    "fused_kernel_available",
     "frame_scores",
+    "pixels_as_channels",
 ]
