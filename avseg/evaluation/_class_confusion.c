@@ -29,10 +29,18 @@
 #define WIDEST_VECTORS
 #endif
 
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define ALWAYS_INLINE __forceinline
+#else
+#define ALWAYS_INLINE inline
+#endif
+
 /* Folds `count` class rows (classes first.., `stride` floats apart) into a block's running maxima and
  * indices; a NaN is kept once seen, as max_pool2d keeps it. Inlined with a constant `count`. */
-static inline __attribute__((always_inline)) void fold_rows(const float *rows, int64_t stride, int32_t first, int32_t count,
-                                                            float *top, int32_t *best, int64_t n) {
+static ALWAYS_INLINE void fold_rows(const float *rows, int64_t stride, int32_t first, int32_t count,
+                                     float *top, int32_t *best, int64_t n) {
     for (int64_t j = 0; j < n; ++j) {
         float running = top[j];
         int32_t index = best[j];
