@@ -96,15 +96,6 @@ def _check_fused(fused: Optional[bool]) -> None:
                            "(reinstall avseg with a C compiler present, or pass fused=None/False)")
 
 
-def first_max_classes(logits: torch.Tensor) -> torch.Tensor:
-    """Index of the first maximal logit per pixel: ``[N, C, H, W]`` → int64 ``[N, H, W]`` (on the CPU).
-
-    Equals ``torch.argmax(logits, dim=1)`` (ties → the lowest index), except that a pixel with a NaN
-    logit or an infinite maximum gets class 0, as the official softmax turns such a pixel into NaNs.
-    """
-    return _first_max_classes(logits).cpu()
-
-
 def pixels_as_channels(logits: torch.Tensor) -> torch.Tensor:
     """``[N, C, H, W]`` contiguous logits seen as a channels-last ``[N, H·W, 1, C]`` tensor (a view, no copy):
     each pixel a channel and the classes the width, so a ``(1, C)`` pooling window reduces the class axis."""
@@ -112,9 +103,11 @@ def pixels_as_channels(logits: torch.Tensor) -> torch.Tensor:
     return logits.reshape(num_frames, num_classes, -1).transpose(1, 2).unsqueeze(2)
 
 
-def _first_max_classes(logits: torch.Tensor) -> torch.Tensor:
-    """:func:`first_max_classes` on the logits' device.
+def first_max_classes(logits: torch.Tensor) -> torch.Tensor:
+    """Index of the first maximal logit per pixel: ``[N, C, H, W]`` → int64 ``[N, H, W]`` (on the CPU).
 
+    Equals ``torch.argmax(logits, dim=1)`` (ties → the lowest index), except that a pixel with a NaN
+    logit or an infinite maximum gets class 0, as the official softmax turns such a pixel into NaNs.
     On the CPU one pass of ``max_pool2d(return_indices=True)`` over the class axis of
     :func:`pixels_as_channels`: the pooling kernel keeps a running maximum and its
     index for all pixels at once (a strict ``>``, so the first maximum wins), several times faster than
@@ -125,7 +118,7 @@ def _first_max_classes(logits: torch.Tensor) -> torch.Tensor:
     num_frames, num_classes, height, width = logits.shape
     logits = logits.detach()
     if logits.numel() == 0:
-        return torch.zeros(num_frames, height, width, dtype=torch.long, device=logits.device)
+        return torch.zeros(num_frames, height, width, dtype=torch.long)
     if logits.device.type != "cpu":
         top, classes = logits.max(dim=1)
     else:
@@ -135,7 +128,7 @@ def _first_max_classes(logits: torch.Tensor) -> torch.Tensor:
     classes = classes.view(num_frames, height, width)
     if not bool(torch.isfinite(torch.stack(torch.aminmax(top))).all()):  # one cheap pass decides
         classes.masked_fill_(~torch.isfinite(top.view(num_frames, height, width)), 0)
-    return classes
+    return classes.cpu()
 
 
 def _valid_runs(frame_valid: torch.Tensor) -> List[Tuple[int, int]]:
@@ -193,7 +186,7 @@ def classes_and_confusions(logits: torch.Tensor, labels: torch.Tensor, fused: Op
     _check_fused(fused)
     num_frames, num_classes = logits.shape[:2]
     if fused is False or _class_confusion is None or logits.device.type != "cpu" or logits.dtype != torch.float32:
-        classes = _first_max_classes(logits).cpu()
+        classes = first_max_classes(logits)
         return classes, frame_confusions(classes, labels, num_classes)
     classes = torch.empty(labels.shape, dtype=torch.long)
     confusion = torch.empty(num_frames, num_classes, num_classes, dtype=torch.long)
